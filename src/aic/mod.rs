@@ -1,0 +1,1 @@
+//! PingOne Advanced Identity Cloud client: tokens, CSR and certificate endpoints, typed errors.

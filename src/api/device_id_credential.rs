@@ -1,0 +1,155 @@
+//! `DeviceIdCredential`: a Prisma Access CIE Third-Party Device-ID client certificate, refreshed
+//! through `cert:refresh` inside the vendor's rate-limit budget.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{DURATION_RULE, SecretReference};
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "certrotor.io",
+    version = "v1alpha1",
+    kind = "DeviceIdCredential",
+    namespaced,
+    shortname = "didc",
+    category = "certrotor",
+    status = "DeviceIdCredentialStatus",
+    doc = "A Prisma Access CIE Third-Party Device-ID client certificate, refreshed before it expires and published as a kubernetes.io/tls Secret.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
+    printcolumn(name = "Renewal", type_ = "string", json_path = ".status.renewalTime"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set renewBefore or renewBeforePercentage, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdCredentialSpec {
+    /// Regional base URL, e.g. https://us.device-identity-broker.services-edge.paloaltonetworks.com
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("endpoint must be https:// (mutual TLS)"))]
+    pub endpoint: String,
+    /// Optional PEM bundle of CAs to trust for the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// `tls.crt`, `tls.key` and `apiKey` from onboarding in the Cloud Identity Engine console.
+    pub onboarding_secret_ref: SecretReference,
+    /// The certificate name sent with each `cert:refresh`.
+    #[schemars(length(min = 1, max = 253))]
+    pub cert_name: String,
+    #[serde(default)]
+    pub subject: DeviceIdSubject,
+    #[serde(default)]
+    pub private_key: PrivateKeySpec,
+    /// Output Secret (type kubernetes.io/tls): `tls.crt`, `tls.key`, `apiKey`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Refresh this long before `notAfter` (Go duration). Default: a third of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("renewBefore must be a duration such as 240h"))]
+    pub renew_before: Option<String>,
+    /// Refresh when this percentage of the lifetime remains (1-99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<i32>,
+    /// Also keep the API token fresh with `token:refresh`.
+    #[serde(default)]
+    pub refresh_token: bool,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdSubject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizational_unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("country must be two capital letters"))]
+    pub country: Option<String>,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum KeyAlgorithm {
+    #[default]
+    ECDSA,
+    RSA,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.algorithm == 'ECDSA' ? (self.size == 256 || self.size == 384) : (self.size == 2048 || self.size == 3072 || self.size == 4096)").message("ECDSA takes size 256 or 384; RSA takes 2048, 3072 or 4096"))]
+pub struct PrivateKeySpec {
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    #[serde(default = "default_key_size")]
+    pub size: i32,
+}
+
+impl Default for PrivateKeySpec {
+    fn default() -> Self {
+        Self {
+            algorithm: KeyAlgorithm::ECDSA,
+            size: default_key_size(),
+        }
+    }
+}
+
+fn default_key_size() -> i32 {
+    256
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdCredentialStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// What the service evicted on the last refresh ("" when nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_cert_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expiry: Option<String>,
+    /// Every `cert:refresh` call (RFC 3339), kept for the budget window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<String>,
+    /// Every `token:refresh` call, kept for its budget window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_attempts: Vec<String>,
+    /// When the budget next allows a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    /// The last `certrotor.io/renew` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_request: Option<String>,
+}

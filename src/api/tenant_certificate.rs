@@ -1,0 +1,235 @@
+//! `TenantCertificate`: a certificate installed on a PingOne Advanced Identity Cloud tenant.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{DURATION_RULE, SecretReference};
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "certrotor.io",
+    version = "v1alpha1",
+    kind = "TenantCertificate",
+    namespaced,
+    shortname = "tcert",
+    category = "certrotor",
+    status = "TenantCertificateStatus",
+    doc = "A certificate kept installed, active and rotated on a PingOne Advanced Identity Cloud tenant.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Active", type_ = "boolean", json_path = ".status.active"),
+    printcolumn(name = "Live", type_ = "boolean", json_path = ".status.live"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.keySource != 'Tenant' || has(self.csr)").message("keySource Tenant needs csr: the tenant makes the key and CSR from it"))]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCertificateSpec {
+    /// The AIC tenant environment and how to authenticate to it.
+    pub tenant: TenantSpec,
+    /// `Local`: upload `tls.crt` and `tls.key` from `secretRef`. `Tenant`: the tenant makes the
+    /// key and CSR; the signed chain is read from `secretRef`'s `tls.crt` once someone puts it there.
+    #[serde(default)]
+    pub key_source: KeySource,
+    /// Secret (same namespace) with `tls.crt` (chain: leaf, intermediates, CA) and, for `Local`, `tls.key`.
+    pub secret_ref: SecretReference,
+    /// CSR fields, used with `keySource: Tenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<CsrSpec>,
+    /// Whether the certificate should be active on the tenant's load balancer. Default true.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    /// Tenant mode: start a new CSR this long before `notAfter` (Go duration). Default 720h, or a
+    /// third of the lifetime when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("renewBefore must be a duration such as 720h or 1h30m"))]
+    pub renew_before: Option<String>,
+    /// What happens in the tenant when this resource is deleted. Default Retain.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Old certificates kept (inactive) in the tenant after a rotation. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub revision_history_limit: Option<i32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Tenant environment base URL, e.g. https://openam-acme-use1.id.forgerock.io
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("tenant url must be https:// (plain http only for loopback)"))]
+    pub url: String,
+    /// Secret with `serviceAccountId` + `privateKey` (the JWK JSON), or `accessToken`.
+    pub credentials_secret_ref: SecretReference,
+    /// Optional PEM bundle of CAs to trust for the tenant (proxies, simulators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum KeySource {
+    #[default]
+    Local,
+    Tenant,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Deactivate,
+    Delete,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CsrAlgorithm {
+    #[default]
+    Rsa,
+    Ecdsa,
+}
+
+/// The AIC CSR request fields. Unused fields are omitted from the request.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CsrSpec {
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("!self.contains('*')").message("wildcards are not allowed"))]
+    pub common_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizational_unit: Option<String>,
+    /// Two capital letters (ISO 3166-1 alpha-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("country must be two capital letters, e.g. US"))]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub street_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction_city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("jurisdictionCountry must be two capital letters"))]
+    pub jurisdiction_country: Option<String>,
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(n, !n.contains('*'))").message("wildcard subjectAlternativeNames are rejected by the tenant"))]
+    pub subject_alternative_names: Vec<String>,
+    #[serde(default)]
+    pub algorithm: CsrAlgorithm,
+}
+
+/// Written only by the operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCertificateStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The certificate this resource currently serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alternative_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// sha256 of the leaf we uploaded: the API never returns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Tenant mode: the CSR the current (or, while rotating, the next) certificate comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<CsrStatus>,
+    /// A certificate being rolled in; it becomes `certificateId` once live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingCertificate>,
+    /// Certificates this resource served before, newest first; deactivated, then deleted beyond
+    /// `revisionHistoryLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_certificate_ids: Vec<String>,
+    /// The last `certrotor.io/renew` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<String>,
+    /// Consecutive failures, for the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i32>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CsrStatus {
+    pub id: String,
+    /// The CSR PEM, for the CA that signs it.
+    pub request: String,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCertificate {
+    /// Set once the tenant has the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_id: Option<String>,
+    /// sha256 of the leaf being rolled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Tenant mode: the CSR the pending certificate will come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<CsrStatus>,
+    /// Why: `Renewal`, `SecretChanged`, `RenewRequested`, `Initial`.
+    pub reason: String,
+    pub since: String,
+}

@@ -1,0 +1,1 @@
+//! One reconciler per kind plus the shared context, error policy, finalizers and events.

@@ -1,0 +1,1 @@
+//! PingOne AIC tenant simulator (`certrotor sim aic`).

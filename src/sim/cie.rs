@@ -1,0 +1,1 @@
+//! Prisma Access CIE Third-Party Device-ID simulator (`certrotor sim cie`).
