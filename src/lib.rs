@@ -8,3 +8,4 @@ pub mod cie;
 pub mod controller;
 pub mod pki;
 pub mod sim;
+pub mod telemetry;

@@ -1,23 +1,105 @@
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use certrotor::telemetry::{self, LogFormat};
 
 /// Keeps SaaS tenant certificates valid, installed and rotated.
 #[derive(Parser, Debug)]
 #[command(name = "certrotor", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "CERTROTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator (kubeconfig or in-cluster config, as kube's Client::try_default).
+    Run(RunArgs),
     /// Print every CRD as multi-document YAML.
     Crd,
+    /// Run a tenant simulator on its own.
+    #[command(subcommand)]
+    Sim(SimCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Reconciles running at once per kind.
+    #[arg(long, env = "CERTROTOR_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Shortest wait between `live` polls.
+    #[arg(long, env = "CERTROTOR_LIVE_POLL_MIN", default_value = "2s", value_parser = duration)]
+    live_poll_min: Duration,
+    /// Longest wait between `live` polls.
+    #[arg(long, env = "CERTROTOR_LIVE_POLL_MAX", default_value = "20s", value_parser = duration)]
+    live_poll_max: Duration,
+    /// How often a settled certificate is checked against the tenant.
+    #[arg(long, env = "CERTROTOR_RESYNC", default_value = "1h", value_parser = duration)]
+    resync: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// PingOne Advanced Identity Cloud tenant simulator.
+    Aic {
+        #[arg(long, env = "CERTROTOR_SIM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Time from `active` flipping to `live` following it.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        live_delay: Duration,
+        /// Write a ready-to-apply credentials Secret manifest here (else print it).
+        #[arg(long)]
+        credentials_out: Option<std::path::PathBuf>,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    certrotor::api::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    // aws-lc-rs is the one crypto provider compiled in; say so explicitly for rustls.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Crd => print!("{}", certrotor::api::crds_yaml()),
+        Command::Run(args) => {
+            let client = kube::Client::try_default().await?;
+            let options = certrotor::controller::Options {
+                poll: certrotor::controller::PollPolicy { min: args.live_poll_min, max: args.live_poll_max, resync: args.resync },
+                concurrency: args.concurrency,
+                ..Default::default()
+            };
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "certrotor starting");
+            certrotor::controller::run(client, options, None, shutdown_signal()).await;
+            tracing::info!("certrotor stopped");
+        }
+        Command::Sim(SimCommand::Aic { listen, live_delay, credentials_out }) => {
+            let config = certrotor::sim::aic::AicSimConfig { live_delay, ..Default::default() };
+            certrotor::sim::aic::run_cli(listen, config, credentials_out).await?;
+        }
     }
     Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
