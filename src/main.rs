@@ -10,7 +10,13 @@ use certrotor::telemetry::{self, LogFormat};
 #[command(name = "certrotor", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "CERTROTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTROTOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -73,7 +79,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let client = kube::Client::try_default().await?;
             let options = certrotor::controller::Options {
-                poll: certrotor::controller::PollPolicy { min: args.live_poll_min, max: args.live_poll_max, resync: args.resync },
+                poll: certrotor::controller::PollPolicy {
+                    min: args.live_poll_min,
+                    max: args.live_poll_max,
+                    resync: args.resync,
+                },
                 concurrency: args.concurrency,
                 ..Default::default()
             };
@@ -81,8 +91,15 @@ async fn main() -> anyhow::Result<()> {
             certrotor::controller::run(client, options, None, shutdown_signal()).await;
             tracing::info!("certrotor stopped");
         }
-        Command::Sim(SimCommand::Aic { listen, live_delay, credentials_out }) => {
-            let config = certrotor::sim::aic::AicSimConfig { live_delay, ..Default::default() };
+        Command::Sim(SimCommand::Aic {
+            listen,
+            live_delay,
+            credentials_out,
+        }) => {
+            let config = certrotor::sim::aic::AicSimConfig {
+                live_delay,
+                ..Default::default()
+            };
             certrotor::sim::aic::run_cli(listen, config, credentials_out).await?;
         }
     }
@@ -94,7 +111,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

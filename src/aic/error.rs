@@ -7,15 +7,27 @@ pub enum AicError {
     #[error("tenant rejected the request (400 {code}): {message}")]
     BadRequest { code: String, message: String },
     #[error("tenant refused the credentials ({status} {code}): {message}")]
-    Unauthorized { status: u16, code: String, message: String },
+    Unauthorized {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("not found")]
     NotFound,
     #[error("tenant is rate limiting (429); retry after {retry_after:?}")]
     RateLimited { retry_after: Option<Duration> },
     #[error("tenant error {status} {code}: {message}")]
-    Server { status: u16, code: String, message: String },
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("unexpected status {status} {code}: {message}")]
-    Unexpected { status: u16, code: String, message: String },
+    Unexpected {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("could not reach the tenant: {0}")]
     Transport(String),
     #[error("tenant sent an unreadable response: {0}")]
@@ -47,13 +59,19 @@ impl AicError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            AicError::RateLimited { .. } | AicError::Server { .. } | AicError::Transport(_) | AicError::InvalidResponse(_)
+            AicError::RateLimited { .. }
+                | AicError::Server { .. }
+                | AicError::Transport(_)
+                | AicError::InvalidResponse(_)
         )
     }
 
     /// Needs a person: credentials refused or the configuration is unusable.
     pub fn needs_person(&self) -> bool {
-        matches!(self, AicError::Unauthorized { .. } | AicError::Config(_) | AicError::Token(_))
+        matches!(
+            self,
+            AicError::Unauthorized { .. } | AicError::Config(_) | AicError::Token(_)
+        )
     }
 
     /// Retry-After the tenant asked for, if any.

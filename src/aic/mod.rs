@@ -101,8 +101,17 @@ impl AicClient {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder.build().map_err(|e| AicError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self { base, http, credentials, options, token: Mutex::new(None), observer: None })
+        let http = builder
+            .build()
+            .map_err(|e| AicError::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            base,
+            http,
+            credentials,
+            options,
+            token: Mutex::new(None),
+            observer: None,
+        })
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
@@ -115,61 +124,161 @@ impl AicClient {
     }
 
     pub async fn list_certificates(&self) -> Result<Vec<Certificate>, AicError> {
-        self.call(Op { name: "list_certificates", idempotent: true }, Method::GET, "/environment/certificates", None)
-            .await
+        self.call(
+            Op {
+                name: "list_certificates",
+                idempotent: true,
+            },
+            Method::GET,
+            "/environment/certificates",
+            None,
+        )
+        .await
     }
 
     /// `None` when the tenant does not know the id.
     pub async fn get_certificate(&self, id: &str) -> Result<Option<Certificate>, AicError> {
         let path = format!("/environment/certificates/{}", encode(id));
-        not_found_as_none(self.call(Op { name: "get_certificate", idempotent: true }, Method::GET, &path, None).await)
+        not_found_as_none(
+            self.call(
+                Op {
+                    name: "get_certificate",
+                    idempotent: true,
+                },
+                Method::GET,
+                &path,
+                None,
+            )
+            .await,
+        )
     }
 
     /// Uploads a chain (leaf first) and its unencrypted PKCS#8 key. `active: true` starts the
     /// install in the same call.
-    pub async fn create_certificate(&self, chain_pem: &str, key_pkcs8_pem: &str, active: bool) -> Result<Certificate, AicError> {
-        let body = serde_json::to_value(UploadCertificate { certificate: chain_pem, private_key: key_pkcs8_pem, active })
-            .map_err(|e| AicError::InvalidResponse(e.to_string()))?;
-        self.call(Op { name: "create_certificate", idempotent: false }, Method::POST, "/environment/certificates", Some(body))
-            .await
+    pub async fn create_certificate(
+        &self,
+        chain_pem: &str,
+        key_pkcs8_pem: &str,
+        active: bool,
+    ) -> Result<Certificate, AicError> {
+        let body = serde_json::to_value(UploadCertificate {
+            certificate: chain_pem,
+            private_key: key_pkcs8_pem,
+            active,
+        })
+        .map_err(|e| AicError::InvalidResponse(e.to_string()))?;
+        self.call(
+            Op {
+                name: "create_certificate",
+                idempotent: false,
+            },
+            Method::POST,
+            "/environment/certificates",
+            Some(body),
+        )
+        .await
     }
 
     pub async fn set_active(&self, id: &str, active: bool) -> Result<Certificate, AicError> {
         let path = format!("/environment/certificates/{}", encode(id));
         let body = serde_json::json!({ "active": active });
-        self.call(Op { name: "set_active", idempotent: true }, Method::PATCH, &path, Some(body)).await
+        self.call(
+            Op {
+                name: "set_active",
+                idempotent: true,
+            },
+            Method::PATCH,
+            &path,
+            Some(body),
+        )
+        .await
     }
 
     /// Idempotent: deleting an unknown id succeeds.
     pub async fn delete_certificate(&self, id: &str) -> Result<(), AicError> {
         let path = format!("/environment/certificates/{}", encode(id));
-        self.call_empty(Op { name: "delete_certificate", idempotent: true }, Method::DELETE, &path).await
+        self.call_empty(
+            Op {
+                name: "delete_certificate",
+                idempotent: true,
+            },
+            Method::DELETE,
+            &path,
+        )
+        .await
     }
 
     pub async fn list_csrs(&self) -> Result<Vec<Csr>, AicError> {
-        self.call(Op { name: "list_csrs", idempotent: true }, Method::GET, "/environment/csrs", None).await
+        self.call(
+            Op {
+                name: "list_csrs",
+                idempotent: true,
+            },
+            Method::GET,
+            "/environment/csrs",
+            None,
+        )
+        .await
     }
 
     pub async fn get_csr(&self, id: &str) -> Result<Option<Csr>, AicError> {
         let path = format!("/environment/csrs/{}", encode(id));
-        not_found_as_none(self.call(Op { name: "get_csr", idempotent: true }, Method::GET, &path, None).await)
+        not_found_as_none(
+            self.call(
+                Op {
+                    name: "get_csr",
+                    idempotent: true,
+                },
+                Method::GET,
+                &path,
+                None,
+            )
+            .await,
+        )
     }
 
     pub async fn create_csr(&self, request: &CsrRequest) -> Result<Csr, AicError> {
-        let body = serde_json::to_value(request).map_err(|e| AicError::InvalidResponse(e.to_string()))?;
-        self.call(Op { name: "create_csr", idempotent: false }, Method::POST, "/environment/csrs", Some(body)).await
+        let body =
+            serde_json::to_value(request).map_err(|e| AicError::InvalidResponse(e.to_string()))?;
+        self.call(
+            Op {
+                name: "create_csr",
+                idempotent: false,
+            },
+            Method::POST,
+            "/environment/csrs",
+            Some(body),
+        )
+        .await
     }
 
     /// Uploads the signed chain for a tenant-made CSR; the result carries `certificateID`.
     pub async fn complete_csr(&self, id: &str, chain_pem: &str) -> Result<Csr, AicError> {
         let path = format!("/environment/csrs/{}", encode(id));
         let body = serde_json::json!({ "certificate": chain_pem });
-        self.call(Op { name: "complete_csr", idempotent: false }, Method::PATCH, &path, Some(body)).await
+        self.call(
+            Op {
+                name: "complete_csr",
+                idempotent: false,
+            },
+            Method::PATCH,
+            &path,
+            Some(body),
+        )
+        .await
     }
 
     pub async fn delete_csr(&self, id: &str) -> Result<(), AicError> {
         let path = format!("/environment/csrs/{}", encode(id));
-        self.call_empty(Op { name: "delete_csr", idempotent: true }, Method::DELETE, &path).await
+        self.call_empty(
+            Op {
+                name: "delete_csr",
+                idempotent: true,
+            },
+            Method::DELETE,
+            &path,
+        )
+        .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -180,7 +289,8 @@ impl AicClient {
         body: Option<serde_json::Value>,
     ) -> Result<T, AicError> {
         let bytes = self.send(op, method, path, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| AicError::InvalidResponse(format!("{}: {e}", op.name)))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AicError::InvalidResponse(format!("{}: {e}", op.name)))
     }
 
     async fn call_empty(&self, op: Op, method: Method, path: &str) -> Result<(), AicError> {
@@ -188,14 +298,26 @@ impl AicClient {
     }
 
     /// One logical call: token, request, bounded retries.
-    async fn send(&self, op: Op, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<Vec<u8>, AicError> {
-        let url = self.base.join(path).map_err(|e| AicError::Config(e.to_string()))?;
+    async fn send(
+        &self,
+        op: Op,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Vec<u8>, AicError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| AicError::Config(e.to_string()))?;
         let mut attempt = 0;
         let mut refreshed_token = false;
         loop {
             attempt += 1;
             let token = self.access_token().await?;
-            let mut request = self.http.request(method.clone(), url.clone()).bearer_auth(&token);
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token);
             if let Some(body) = &body {
                 request = request.json(body);
             }
@@ -226,7 +348,11 @@ impl AicClient {
             if !retryable {
                 return Err(err);
             }
-            match self.options.retry.delay(attempt, err.retry_after(), fastrand::f64()) {
+            match self
+                .options
+                .retry
+                .delay(attempt, err.retry_after(), fastrand::f64())
+            {
                 Some(wait) => {
                     tracing::debug!(operation = op.name, attempt, ?wait, error = %err, "retrying tenant call");
                     tokio::time::sleep(wait).await;
@@ -236,7 +362,12 @@ impl AicClient {
         }
     }
 
-    fn observe(&self, operation: &'static str, result: &Result<Vec<u8>, AicError>, elapsed: Duration) {
+    fn observe(
+        &self,
+        operation: &'static str,
+        result: &Result<Vec<u8>, AicError>,
+        elapsed: Duration,
+    ) {
         if let Some(observer) = &self.observer {
             let outcome = match result {
                 Ok(_) => "ok",
@@ -258,12 +389,21 @@ impl AicClient {
             return Ok(token.value.clone());
         }
         let audience = audience(&self.base);
-        let url = self.base.join("/am/oauth2/access_token").map_err(|e| AicError::Config(e.to_string()))?;
+        let url = self
+            .base
+            .join("/am/oauth2/access_token")
+            .map_err(|e| AicError::Config(e.to_string()))?;
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
             // A fresh assertion (new jti) per attempt: the tenant rejects a replayed jti.
-            let jwt = assertion(id, key, &audience, jiff::Timestamp::now(), self.options.assertion_lifetime)?;
+            let jwt = assertion(
+                id,
+                key,
+                &audience,
+                jiff::Timestamp::now(),
+                self.options.assertion_lifetime,
+            )?;
             let form = [
                 ("client_id", "service-account"),
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
@@ -279,21 +419,36 @@ impl AicClient {
             self.observe("token", &result, started.elapsed());
             match result {
                 Ok(bytes) => break (bytes, obtained),
-                Err(err @ (AicError::RateLimited { .. } | AicError::Server { .. } | AicError::Transport(_))) => {
-                    match self.options.retry.delay(attempt, err.retry_after(), fastrand::f64()) {
+                Err(
+                    err @ (AicError::RateLimited { .. }
+                    | AicError::Server { .. }
+                    | AicError::Transport(_)),
+                ) => {
+                    match self
+                        .options
+                        .retry
+                        .delay(attempt, err.retry_after(), fastrand::f64())
+                    {
                         Some(wait) => tokio::time::sleep(wait).await,
                         None => return Err(err),
                     }
                 }
-                Err(AicError::BadRequest { code, message } | AicError::Unauthorized { code, message, .. }) => {
-                    return Err(AicError::Unauthorized { status: 400, code, message });
+                Err(
+                    AicError::BadRequest { code, message }
+                    | AicError::Unauthorized { code, message, .. },
+                ) => {
+                    return Err(AicError::Unauthorized {
+                        status: 400,
+                        code,
+                        message,
+                    });
                 }
                 Err(err) => return Err(AicError::Token(err.to_string())),
             }
         };
         let (bytes, obtained) = response;
-        let parsed: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|_| AicError::Token("token response is not JSON with access_token".into()))?;
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|_| AicError::Token("token response is not JSON with access_token".into()))?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(899));
         let token = CachedToken::new(parsed.access_token, lifetime, obtained);
         let value = token.value.clone();
@@ -303,7 +458,8 @@ impl AicClient {
 }
 
 fn parse_base_url(url: &str) -> Result<Url, AicError> {
-    let base = Url::parse(url.trim_end_matches('/')).map_err(|e| AicError::Config(format!("tenant url {url:?}: {e}")))?;
+    let base = Url::parse(url.trim_end_matches('/'))
+        .map_err(|e| AicError::Config(format!("tenant url {url:?}: {e}")))?;
     let loopback = match base.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -333,7 +489,10 @@ async fn read_response(response: reqwest::Response) -> Result<Vec<u8>, AicError>
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
-    let bytes = response.bytes().await.map_err(|e| AicError::Transport(describe_transport(&e)))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| AicError::Transport(describe_transport(&e)))?;
     if status.is_success() {
         return Ok(bytes.to_vec());
     }
@@ -346,11 +505,23 @@ async fn read_response(response: reqwest::Response) -> Result<Vec<u8>, AicError>
     let message = body.message.unwrap_or_default();
     Err(match status {
         StatusCode::BAD_REQUEST => AicError::BadRequest { code, message },
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AicError::Unauthorized { status: status.as_u16(), code, message },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AicError::Unauthorized {
+            status: status.as_u16(),
+            code,
+            message,
+        },
         StatusCode::NOT_FOUND => AicError::NotFound,
         StatusCode::TOO_MANY_REQUESTS => AicError::RateLimited { retry_after },
-        s if s.is_server_error() => AicError::Server { status: s.as_u16(), code, message },
-        s => AicError::Unexpected { status: s.as_u16(), code, message },
+        s if s.is_server_error() => AicError::Server {
+            status: s.as_u16(),
+            code,
+            message,
+        },
+        s => AicError::Unexpected {
+            status: s.as_u16(),
+            code,
+            message,
+        },
     })
 }
 
@@ -395,7 +566,11 @@ fn describe_transport(e: &reqwest::Error) -> String {
         detail = s.to_string();
         source = s.source();
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
 }
 
 fn encode(id: &str) -> String {
@@ -408,10 +583,20 @@ mod tests {
 
     #[test]
     fn https_required_except_loopback() {
-        for ok in ["https://t.example.com", "http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
+        for ok in [
+            "https://t.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
             assert!(parse_base_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://t.example.com", "ftp://127.0.0.1", "not a url", "http://10.0.0.1"] {
+        for bad in [
+            "http://t.example.com",
+            "ftp://127.0.0.1",
+            "not a url",
+            "http://10.0.0.1",
+        ] {
             assert!(parse_base_url(bad).is_err(), "{bad}");
         }
     }

@@ -27,20 +27,30 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The ceiling of the wait before attempt `attempt + 1` (attempt counts from 1).
     pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         exp.min(self.cap)
     }
 
     /// How long to wait after a failed attempt, or `None` to give up. `retry_after` from the
     /// tenant wins over the computed backoff; `jitter` is a number in [0, 1).
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
         if attempt >= self.attempts {
             return None;
         }
         match retry_after {
             Some(wait) if wait > self.max_retry_after => None,
             Some(wait) => Some(wait),
-            None => Some(self.backoff_ceiling(attempt).mul_f64(jitter.clamp(0.0, 1.0))),
+            None => Some(
+                self.backoff_ceiling(attempt)
+                    .mul_f64(jitter.clamp(0.0, 1.0)),
+            ),
         }
     }
 }
@@ -74,7 +84,10 @@ mod tests {
         let p = RetryPolicy::default();
         assert!(p.delay(4, None, 0.5).is_none());
         assert!(p.delay(1, Some(Duration::from_secs(31)), 0.5).is_none());
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3)), 0.5), Some(Duration::from_secs(3)));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3)), 0.5),
+            Some(Duration::from_secs(3))
+        );
     }
 
     proptest::proptest! {

@@ -18,7 +18,7 @@ use crate::pki::jwk::{RsaJwk, rsa_jwk_to_pkcs1_der};
 #[derive(Clone)]
 pub enum Credentials {
     /// `serviceAccountId` + `privateKey` (the JWK JSON).
-    ServiceAccount { id: String, key: RsaJwk },
+    ServiceAccount { id: String, key: Box<RsaJwk> },
     /// A pre-issued bearer token (`accessToken`); used as is, never renewed.
     AccessToken(String),
 }
@@ -26,9 +26,10 @@ pub enum Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::ServiceAccount { id, .. } => {
-                f.debug_struct("ServiceAccount").field("id", id).finish_non_exhaustive()
-            }
+            Credentials::ServiceAccount { id, .. } => f
+                .debug_struct("ServiceAccount")
+                .field("id", id)
+                .finish_non_exhaustive(),
             Credentials::AccessToken(_) => f.write_str("AccessToken(<redacted>)"),
         }
     }
@@ -46,19 +47,33 @@ impl Credentials {
         if let Some(token) = text("accessToken")?.filter(|t| !t.is_empty()) {
             return Ok(Credentials::AccessToken(token));
         }
-        let id = text("serviceAccountId")?.filter(|s| !s.is_empty()).ok_or_else(|| {
-            AicError::Config("credentials Secret needs serviceAccountId and privateKey, or accessToken".into())
+        let id = text("serviceAccountId")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                AicError::Config(
+                    "credentials Secret needs serviceAccountId and privateKey, or accessToken"
+                        .into(),
+                )
+            })?;
+        let key_json = text("privateKey")?.ok_or_else(|| {
+            AicError::Config("credentials Secret has serviceAccountId but no privateKey".into())
         })?;
-        let key_json = text("privateKey")?
-            .ok_or_else(|| AicError::Config("credentials Secret has serviceAccountId but no privateKey".into()))?;
-        let key: RsaJwk = serde_json::from_str(&key_json)
-            .map_err(|_| AicError::Config("privateKey is not a JWK (JSON) as the console exports it".into()))?;
+        let key: RsaJwk = serde_json::from_str(&key_json).map_err(|_| {
+            AicError::Config("privateKey is not a JWK (JSON) as the console exports it".into())
+        })?;
         if key.kty != "RSA" {
-            return Err(AicError::Config(format!("privateKey JWK has kty {}, expected RSA", key.kty)));
+            return Err(AicError::Config(format!(
+                "privateKey JWK has kty {}, expected RSA",
+                key.kty
+            )));
         }
         // Fail on a broken key now, not at the first token request.
-        rsa_jwk_to_pkcs1_der(&key).map_err(|e| AicError::Config(format!("privateKey JWK is unusable: {e}")))?;
-        Ok(Credentials::ServiceAccount { id, key })
+        rsa_jwk_to_pkcs1_der(&key)
+            .map_err(|e| AicError::Config(format!("privateKey JWK is unusable: {e}")))?;
+        Ok(Credentials::ServiceAccount {
+            id,
+            key: Box::new(key),
+        })
     }
 
     /// Identifies the credential without revealing it (for client caches and logs).
@@ -104,12 +119,18 @@ pub fn assertion(
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let der = rsa_jwk_to_pkcs1_der(key).map_err(|e| AicError::Config(format!("privateKey JWK is unusable: {e}")))?;
+    let der = rsa_jwk_to_pkcs1_der(key)
+        .map_err(|e| AicError::Config(format!("privateKey JWK is unusable: {e}")))?;
     let pair = signature::RsaKeyPair::from_der(&der)
         .map_err(|_| AicError::Config("privateKey JWK is not a valid RSA key".into()))?;
     let mut sig = vec![0u8; pair.public_modulus_len()];
-    pair.sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut sig)
-        .map_err(|_| AicError::Config("could not sign the token assertion".into()))?;
+    pair.sign(
+        &signature::RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|_| AicError::Config("could not sign the token assertion".into()))?;
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
@@ -131,7 +152,10 @@ impl CachedToken {
     /// Renew a minute early, or at 90 % of a short lifetime.
     pub fn new(value: String, expires_in: Duration, obtained: Instant) -> Self {
         let margin = Duration::from_secs(60).min(expires_in / 10);
-        Self { value, renew_at: obtained + expires_in.saturating_sub(margin) }
+        Self {
+            value,
+            renew_at: obtained + expires_in.saturating_sub(margin),
+        }
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -150,9 +174,15 @@ mod tests {
     #[test]
     fn audience_always_writes_https_and_port() {
         let url = reqwest::Url::parse("https://openam-acme.id.forgerock.io").unwrap();
-        assert_eq!(audience(&url), "https://openam-acme.id.forgerock.io:443/am/oauth2/access_token");
+        assert_eq!(
+            audience(&url),
+            "https://openam-acme.id.forgerock.io:443/am/oauth2/access_token"
+        );
         let url = reqwest::Url::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(audience(&url), "https://127.0.0.1:8080/am/oauth2/access_token");
+        assert_eq!(
+            audience(&url),
+            "https://127.0.0.1:8080/am/oauth2/access_token"
+        );
     }
 
     #[test]
@@ -174,20 +204,29 @@ mod tests {
         let b = assertion("sa-1", &key, aud, now, Duration::from_secs(180)).unwrap();
         let parts: Vec<_> = a.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["iss"], "sa-1");
         assert_eq!(claims["sub"], "sa-1");
         assert_eq!(claims["aud"], aud);
         assert_eq!(claims["exp"], 1_700_000_180);
-        let claims_b: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(b.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        let claims_b: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(b.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         assert_ne!(claims["jti"], claims_b["jti"], "jti must be unique");
         // The signature verifies with the public half.
         let (n, e) = crate::pki::jwk::rsa_public_components(&key).unwrap();
         let public = signature::RsaPublicKeyComponents { n: &n, e: &e };
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
         public
-            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .verify(
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &sig,
+            )
             .unwrap();
     }
 
@@ -195,11 +234,21 @@ mod tests {
     fn credentials_errors_name_keys_not_values() {
         let mut data = BTreeMap::new();
         data.insert("serviceAccountId".to_string(), b"sa".to_vec());
-        data.insert("privateKey".to_string(), b"{\"kty\":\"RSA\",\"secretstuff\":1}".to_vec());
-        let err = Credentials::from_secret_data(&data).unwrap_err().to_string();
+        data.insert(
+            "privateKey".to_string(),
+            b"{\"kty\":\"RSA\",\"secretstuff\":1}".to_vec(),
+        );
+        let err = Credentials::from_secret_data(&data)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("secretstuff"), "{err}");
         data.clear();
-        assert!(Credentials::from_secret_data(&data).unwrap_err().to_string().contains("serviceAccountId"));
+        assert!(
+            Credentials::from_secret_data(&data)
+                .unwrap_err()
+                .to_string()
+                .contains("serviceAccountId")
+        );
         data.insert("accessToken".to_string(), b"tok".to_vec());
         let creds = Credentials::from_secret_data(&data).unwrap();
         assert!(!format!("{creds:?}").contains("tok"));

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{DURATION_RULE, SecretReference};
 
+// Each printcolumn repeats `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "certrotor.io",

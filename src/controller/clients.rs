@@ -15,7 +15,10 @@ pub struct AicClients {
 
 impl AicClients {
     pub fn new(observer: Option<Arc<dyn CallObserver>>) -> Self {
-        Self { clients: Mutex::new(HashMap::new()), observer }
+        Self {
+            clients: Mutex::new(HashMap::new()),
+            observer,
+        }
     }
 
     /// The client for this tenant and credential content; a changed Secret gets a new client.

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, predicates, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::TenantCertificate;
 use crate::aic::CallObserver;
+use crate::api::TenantCertificate;
 pub use clients::AicClients;
 pub use tenant::plan::PollPolicy;
 
@@ -74,7 +75,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, options: Options, observer: Option<Arc<dyn CallObserver>>) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        options: Options,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "certrotor".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -113,13 +118,22 @@ fn user_intent<K: Resource>(obj: &K) -> Option<u64> {
     predicates::generation(obj).hash(&mut hasher);
     predicates::annotations(obj).hash(&mut hasher);
     predicates::finalizers(obj).hash(&mut hasher);
-    obj.meta().deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+    obj.meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
     obj.meta().uid.hash(&mut hasher);
     Some(hasher.finish())
 }
 
 /// Runs the controllers until `shutdown` resolves.
-pub async fn run(client: Client, options: Options, observer: Option<Arc<dyn CallObserver>>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    client: Client,
+    options: Options,
+    observer: Option<Arc<dyn CallObserver>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let ctx = Context::new(client.clone(), options.clone(), observer);
     let tcerts: Api<TenantCertificate> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
@@ -130,9 +144,12 @@ pub async fn run(client: Client, options: Options, observer: Option<Arc<dyn Call
     let controller = Controller::for_stream(stream, reader.clone());
     // Only metadata of Secrets is watched (names and resourceVersions), mapped to the resources
     // that reference them.
-    let secrets = metadata_watcher(Api::<Secret>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let store = reader.clone();
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))

@@ -38,7 +38,12 @@ pub fn merge_patch_diff(old: &Value, new: &Value) -> Option<Value> {
 /// Merge patches cannot set `null`; a null inside a new object means "absent".
 fn strip_nulls(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -73,16 +78,24 @@ mod tests {
     fn removed_fields_become_null_and_unchanged_are_omitted() {
         let old = json!({"a": 1, "b": {"x": 1, "y": 2}, "c": [1, 2]});
         let new = json!({"a": 1, "b": {"x": 1}, "c": [1], "d": "new"});
-        assert_eq!(merge_patch_diff(&old, &new).unwrap(), json!({"b": {"y": null}, "c": [1], "d": "new"}));
+        assert_eq!(
+            merge_patch_diff(&old, &new).unwrap(),
+            json!({"b": {"y": null}, "c": [1], "d": "new"})
+        );
         assert_eq!(merge_patch_diff(&new, &new), None);
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![any::<i32>().prop_map(Value::from), "[a-c]{0,2}".prop_map(Value::from), Just(Value::Bool(true))];
+        let leaf = prop_oneof![
+            any::<i32>().prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::from),
+            Just(Value::Bool(true))
+        ];
         leaf.prop_recursive(3, 16, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-                prop::collection::btree_map("[a-d]", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }

@@ -21,7 +21,8 @@ use super::patch::merge_patch_diff;
 use super::{Context, Error};
 use crate::aic::{AicClient, AicError, Certificate, CsrRequest};
 use crate::api::{
-    self, CsrStatus, DeletionPolicy, PendingCertificate, TenantCertificate, TenantCertificateStatus, Verdict,
+    self, CsrStatus, DeletionPolicy, PendingCertificate, TenantCertificate,
+    TenantCertificateStatus, Verdict,
 };
 use crate::pki;
 use plan::{Invalid, Observation, Plan, Source, Step};
@@ -65,7 +66,14 @@ struct Run<'a> {
 
 async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let mut run = Run { obj, ctx, ns, status: obj.status.clone().unwrap_or_default(), events: vec![], now };
+    let mut run = Run {
+        obj,
+        ctx,
+        ns,
+        status: obj.status.clone().unwrap_or_default(),
+        events: vec![],
+        now,
+    };
     let action = run.reconcile().await?;
     run.finish().await?;
     Ok(action)
@@ -76,7 +84,13 @@ impl Run<'_> {
         let spec = &self.obj.spec;
         if api::is_paused(self.obj.meta()) {
             let ready = api::is_true(&self.status.conditions, api::READY);
-            self.conclude(Verdict { ready, reconciling: false, stalled: false, reason: "Paused".into(), message: format!("{} is \"true\": no tenant calls", api::PAUSED_ANNOTATION) });
+            self.conclude(Verdict {
+                ready,
+                reconciling: false,
+                stalled: false,
+                reason: "Paused".into(),
+                message: format!("{} is \"true\": no tenant calls", api::PAUSED_ANNOTATION),
+            });
             return Ok(Action::await_change());
         }
         if let Err(invalid) = source::validate_spec(spec) {
@@ -103,8 +117,12 @@ impl Run<'_> {
     /// Plan, perform, record; until the plan says wait.
     async fn drive(&mut self, client: &AicClient, source: &Source) -> Result<Action, StepError> {
         let spec = &self.obj.spec;
-        let mut tenant: BTreeMap<String, Certificate> =
-            client.list_certificates().await?.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let mut tenant: BTreeMap<String, Certificate> = client
+            .list_certificates()
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
         let renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
@@ -116,7 +134,9 @@ impl Run<'_> {
                 .and_then(|p| p.csr.as_ref())
                 .and_then(|c| pki::csr_info(&c.request).ok())
                 .map(|info| info.public_key_der);
-            let renew_request = renew.as_deref().filter(|v| Some(*v) != self.status.last_renew_request.as_deref());
+            let renew_request = renew
+                .as_deref()
+                .filter(|v| Some(*v) != self.status.last_renew_request.as_deref());
             let obs = Observation {
                 spec,
                 status: &self.status,
@@ -131,23 +151,44 @@ impl Run<'_> {
             self.status = status;
             self.reflect_current(&tenant, source);
             match step {
-                Step::Wait { reason, message, after } => {
+                Step::Wait {
+                    reason,
+                    message,
+                    after,
+                } => {
                     let ready = self.current_settled(&tenant);
                     self.conclude(Verdict::progressing(ready, reason, message));
                     return Ok(Action::requeue(after));
                 }
-                Step::Settled { reason, message, after } => {
+                Step::Settled {
+                    reason,
+                    message,
+                    after,
+                } => {
                     self.status.failures = None;
                     self.status.last_failure_time = None;
                     self.status.next_attempt_time = None;
                     self.conclude(Verdict::ready(reason, message));
                     return Ok(Action::requeue(after));
                 }
-                step => self.perform(client, step, source, &mut tenant, renew_request.map(str::to_string)).await?,
+                step => {
+                    self.perform(
+                        client,
+                        step,
+                        source,
+                        &mut tenant,
+                        renew_request.map(str::to_string),
+                    )
+                    .await?
+                }
             }
         }
         let ready = self.current_settled(&tenant);
-        self.conclude(Verdict::progressing(ready, "Progressing", "more steps to go"));
+        self.conclude(Verdict::progressing(
+            ready,
+            "Progressing",
+            "more steps to go",
+        ));
         Ok(Action::requeue(Duration::from_secs(1)))
     }
 
@@ -163,18 +204,39 @@ impl Run<'_> {
         let since = self.now.to_string();
         match step {
             Step::Upload { reason } => {
-                let cert = source.cert().ok_or_else(|| StepError::Invalid(Invalid { reason: "SecretNotFound", message: "no source certificate".into() }))?;
+                let cert = source.cert().ok_or_else(|| {
+                    StepError::Invalid(Invalid {
+                        reason: "SecretNotFound",
+                        message: "no source certificate".into(),
+                    })
+                })?;
                 let known = plan::known_ids(&self.status);
                 let adopted = plan::find_adoptable_upload(tenant, &cert.leaf, &known).cloned();
                 let uploaded = match adopted {
                     Some(c) => {
-                        self.events.push((EventType::Normal, "Adopted", format!("adopted certificate {} already uploaded for this resource", c.id)));
+                        self.events.push((
+                            EventType::Normal,
+                            "Adopted",
+                            format!(
+                                "adopted certificate {} already uploaded for this resource",
+                                c.id
+                            ),
+                        ));
                         c
                     }
                     None => {
                         let key = cert.key_pem.as_deref().unwrap_or_default();
-                        let c = client.create_certificate(&cert.chain_pem, key, spec.active).await?;
-                        self.events.push((EventType::Normal, "Uploaded", format!("uploaded certificate {} ({}, {})", c.id, cert.leaf.fingerprint, reason)));
+                        let c = client
+                            .create_certificate(&cert.chain_pem, key, spec.active)
+                            .await?;
+                        self.events.push((
+                            EventType::Normal,
+                            "Uploaded",
+                            format!(
+                                "uploaded certificate {} ({}, {})",
+                                c.id, cert.leaf.fingerprint, reason
+                            ),
+                        ));
                         c
                     }
                 };
@@ -191,14 +253,35 @@ impl Run<'_> {
                 }
             }
             Step::CreateCsr { reason } => {
-                let csr_spec = spec.csr.as_ref().ok_or_else(|| StepError::Invalid(Invalid { reason: "CsrRequired", message: "keySource Tenant needs spec.csr".into() }))?;
+                let csr_spec = spec.csr.as_ref().ok_or_else(|| {
+                    StepError::Invalid(Invalid {
+                        reason: "CsrRequired",
+                        message: "keySource Tenant needs spec.csr".into(),
+                    })
+                })?;
                 let mut known: Vec<String> = self.status.csr.iter().map(|c| c.id.clone()).collect();
-                known.extend(self.status.pending.as_ref().and_then(|p| p.csr.as_ref()).map(|c| c.id.clone()));
-                let created = self.obj.meta().creation_timestamp.as_ref().map(|t| t.0).unwrap_or(self.now);
+                known.extend(
+                    self.status
+                        .pending
+                        .as_ref()
+                        .and_then(|p| p.csr.as_ref())
+                        .map(|c| c.id.clone()),
+                );
+                let created = self
+                    .obj
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or(self.now);
                 let csrs = client.list_csrs().await?;
                 let csr = match plan::find_adoptable_csr(&csrs, csr_spec, &known, created) {
                     Some(c) => {
-                        self.events.push((EventType::Normal, "Adopted", format!("adopted CSR {} already made for this resource", c.id)));
+                        self.events.push((
+                            EventType::Normal,
+                            "Adopted",
+                            format!("adopted CSR {} already made for this resource", c.id),
+                        ));
                         c.clone()
                     }
                     None => {
@@ -207,32 +290,69 @@ impl Run<'_> {
                         c
                     }
                 };
-                let status_csr = CsrStatus { id: csr.id.clone(), request: csr.request.clone() };
+                let status_csr = CsrStatus {
+                    id: csr.id.clone(),
+                    request: csr.request.clone(),
+                };
                 self.status.csr = Some(status_csr.clone());
-                self.status.pending = Some(PendingCertificate { certificate_id: None, fingerprint: None, csr: Some(status_csr), reason: reason.into(), since });
+                self.status.pending = Some(PendingCertificate {
+                    certificate_id: None,
+                    fingerprint: None,
+                    csr: Some(status_csr),
+                    reason: reason.into(),
+                    since,
+                });
                 if reason == "RenewRequested" {
                     self.status.last_renew_request = renew_request;
                 }
-                self.publish_csr(&csr.id, &csr.request).await.map_err(StepError::Kube)?;
+                self.publish_csr(&csr.id, &csr.request)
+                    .await
+                    .map_err(StepError::Kube)?;
             }
             Step::CompleteCsr { csr_id } => {
-                let cert = source.cert().ok_or_else(|| StepError::Invalid(Invalid { reason: "MissingKey", message: "no chain".into() }))?;
+                let cert = source.cert().ok_or_else(|| {
+                    StepError::Invalid(Invalid {
+                        reason: "MissingKey",
+                        message: "no chain".into(),
+                    })
+                })?;
                 let certificate_id = match client.get_csr(&csr_id).await? {
                     None => {
                         // The CSR is gone from the tenant: start over with a new one.
-                        self.events.push((EventType::Warning, "CsrMissing", format!("CSR {csr_id} no longer exists in the tenant; making a new one")));
+                        self.events.push((
+                            EventType::Warning,
+                            "CsrMissing",
+                            format!(
+                                "CSR {csr_id} no longer exists in the tenant; making a new one"
+                            ),
+                        ));
                         self.status.pending = None;
                         return Ok(());
                     }
                     Some(existing) if existing.certificate_id.is_some() => existing.certificate_id,
                     Some(_) => {
                         let done = client.complete_csr(&csr_id, &cert.chain_pem).await?;
-                        self.events.push((EventType::Normal, "ChainUploaded", format!("uploaded the signed chain to CSR {csr_id} ({})", cert.leaf.fingerprint)));
+                        self.events.push((
+                            EventType::Normal,
+                            "ChainUploaded",
+                            format!(
+                                "uploaded the signed chain to CSR {csr_id} ({})",
+                                cert.leaf.fingerprint
+                            ),
+                        ));
                         done.certificate_id
                     }
                 };
-                let id = certificate_id.ok_or_else(|| StepError::Tenant(AicError::InvalidResponse("completed CSR has no certificateID".into())))?;
-                let remote = client.get_certificate(&id).await?.ok_or_else(|| StepError::Tenant(AicError::InvalidResponse(format!("certificate {id} from CSR {csr_id} not found"))))?;
+                let id = certificate_id.ok_or_else(|| {
+                    StepError::Tenant(AicError::InvalidResponse(
+                        "completed CSR has no certificateID".into(),
+                    ))
+                })?;
+                let remote = client.get_certificate(&id).await?.ok_or_else(|| {
+                    StepError::Tenant(AicError::InvalidResponse(format!(
+                        "certificate {id} from CSR {csr_id} not found"
+                    )))
+                })?;
                 tenant.insert(id.clone(), remote);
                 if let Some(p) = self.status.pending.as_mut() {
                     p.certificate_id = Some(id);
@@ -242,22 +362,40 @@ impl Run<'_> {
             Step::SetActive { id, active } => {
                 let updated = client.set_active(&id, active).await?;
                 let what = if active { "Activated" } else { "Deactivated" };
-                self.events.push((EventType::Normal, what, format!("{} certificate {id}", what.to_lowercase())));
-                if active {
-                    if let Some(p) = self.status.pending.as_mut().filter(|p| p.certificate_id.as_deref() == Some(id.as_str())) {
-                        p.since = since;
-                    }
+                self.events.push((
+                    EventType::Normal,
+                    what,
+                    format!("{} certificate {id}", what.to_lowercase()),
+                ));
+                if active
+                    && let Some(p) = self
+                        .status
+                        .pending
+                        .as_mut()
+                        .filter(|p| p.certificate_id.as_deref() == Some(id.as_str()))
+                {
+                    p.since = since;
                 }
                 tenant.insert(id, updated);
             }
             Step::Delete { id } => match client.delete_certificate(&id).await {
                 Ok(()) => {
-                    self.events.push((EventType::Normal, "Deleted", format!("deleted old certificate {id}")));
+                    self.events.push((
+                        EventType::Normal,
+                        "Deleted",
+                        format!("deleted old certificate {id}"),
+                    ));
                     tenant.remove(&id);
                     self.status.previous_certificate_ids.retain(|p| p != &id);
                 }
                 // Right after `live` turns false the tenant answers 500 for a while.
-                Err(AicError::Server { .. }) => return Err(StepError::Tenant(AicError::Server { status: 500, code: "DeleteNotYet".into(), message: format!("tenant not ready to delete {id} yet") })),
+                Err(AicError::Server { .. }) => {
+                    return Err(StepError::Tenant(AicError::Server {
+                        status: 500,
+                        code: "DeleteNotYet".into(),
+                        message: format!("tenant not ready to delete {id} yet"),
+                    }));
+                }
                 Err(e) => return Err(e.into()),
             },
             Step::Wait { .. } | Step::Settled { .. } => {}
@@ -267,7 +405,12 @@ impl Run<'_> {
 
     /// `active`/`live` and renewal time of the current certificate, as the tenant reports them.
     fn reflect_current(&mut self, tenant: &BTreeMap<String, Certificate>, source: &Source) {
-        match self.status.certificate_id.as_ref().and_then(|id| tenant.get(id)) {
+        match self
+            .status
+            .certificate_id
+            .as_ref()
+            .and_then(|id| tenant.get(id))
+        {
             Some(c) => {
                 self.status.active = Some(c.active);
                 self.status.live = Some(c.live);
@@ -281,7 +424,8 @@ impl Run<'_> {
                 self.status.live = None;
             }
         }
-        self.status.renewal_time = plan::renewal_time(&self.obj.spec, &self.status).map(|t| t.to_string());
+        self.status.renewal_time =
+            plan::renewal_time(&self.obj.spec, &self.status).map(|t| t.to_string());
     }
 
     fn current_settled(&self, tenant: &BTreeMap<String, Certificate>) -> bool {
@@ -293,42 +437,76 @@ impl Run<'_> {
             .is_some_and(|c| c.active == spec.active && (!spec.active || c.live))
     }
 
-    async fn tenant_client(&self, secrets: &Api<Secret>) -> Result<Result<Arc<AicClient>, Invalid>, Error> {
+    async fn tenant_client(
+        &self,
+        secrets: &Api<Secret>,
+    ) -> Result<Result<Arc<AicClient>, Invalid>, Error> {
         let tenant = &self.obj.spec.tenant;
         let name = &tenant.credentials_secret_ref.name;
         let Some(secret) = secrets.get_opt(name).await? else {
-            return Ok(Err(Invalid { reason: "CredentialsNotFound", message: format!("credentials Secret {name} not found") }));
+            return Ok(Err(Invalid {
+                reason: "CredentialsNotFound",
+                message: format!("credentials Secret {name} not found"),
+            }));
         };
-        let data: BTreeMap<String, Vec<u8>> = source::secret_data(&secret).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        let data: BTreeMap<String, Vec<u8>> = source::secret_data(&secret)
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
         Ok(self
             .ctx
             .aic
             .get(&tenant.url, &data, tenant.ca_bundle.as_deref())
-            .map_err(|e| Invalid { reason: e.reason(), message: format!("credentials Secret {name} / tenant: {e}") }))
+            .map_err(|e| Invalid {
+                reason: e.reason(),
+                message: format!("credentials Secret {name} / tenant: {e}"),
+            }))
     }
 
     /// The CSR, where a CA process can read it: ConfigMap `<name>-csr` (owned by the resource).
     async fn publish_csr(&self, id: &str, request: &str) -> Result<(), Error> {
         let name = format!("{}-csr", self.obj.name_any());
-        let owner = self.obj.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
+        let owner = self
+            .obj
+            .controller_owner_ref(&())
+            .into_iter()
+            .collect::<Vec<_>>();
         let cm = ConfigMap {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some(self.ns.to_string()),
                 owner_references: Some(owner),
-                labels: Some([("app.kubernetes.io/managed-by".to_string(), "certrotor".to_string())].into()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "certrotor".to_string(),
+                    )]
+                    .into(),
+                ),
                 ..Default::default()
             },
-            data: Some([("csrId".to_string(), id.to_string()), ("tls.csr".to_string(), request.to_string())].into()),
+            data: Some(
+                [
+                    ("csrId".to_string(), id.to_string()),
+                    ("tls.csr".to_string(), request.to_string()),
+                ]
+                .into(),
+            ),
             ..Default::default()
         };
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        api.patch(&name, &PatchParams::apply(api::MANAGER).force(), &Patch::Apply(&cm)).await?;
+        api.patch(
+            &name,
+            &PatchParams::apply(api::MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
         Ok(())
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
-        let ready = api::is_true(&self.status.conditions, api::READY) && invalid.reason == "ChainDoesNotMatchCsr";
+        let ready = api::is_true(&self.status.conditions, api::READY)
+            && invalid.reason == "ChainDoesNotMatchCsr";
         self.conclude(Verdict::stalled(ready, invalid.reason, invalid.message));
         // Fixing the input changes the resource or a watched Secret, which reconciles at once.
         Action::requeue(Duration::from_secs(600))
@@ -337,15 +515,31 @@ impl Run<'_> {
     fn tenant_failure(&mut self, err: AicError) -> Action {
         let failures = self.status.failures.unwrap_or(0).saturating_add(1);
         let opts = &self.ctx.options;
-        let backoff = opts.failure_backoff_base.saturating_mul(1 << (failures - 1).min(10) as u32).min(opts.failure_backoff_max);
-        let wait = err.retry_after().unwrap_or_default().max(backoff.mul_f64(0.8 + 0.4 * fastrand::f64()));
+        let backoff = opts
+            .failure_backoff_base
+            .saturating_mul(1 << (failures - 1).min(10) as u32)
+            .min(opts.failure_backoff_max);
+        let wait = err
+            .retry_after()
+            .unwrap_or_default()
+            .max(backoff.mul_f64(0.8 + 0.4 * fastrand::f64()));
         self.status.failures = Some(failures);
         self.status.last_failure_time = Some(self.now.to_string());
-        self.status.next_attempt_time = self.now.checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default()).ok().map(|t| t.to_string());
+        self.status.next_attempt_time = self
+            .now
+            .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+            .ok()
+            .map(|t| t.to_string());
         let ready = api::is_true(&self.status.conditions, api::READY);
         let message = format!("{err}; next attempt in {}s", wait.as_secs());
         let verdict = if err.needs_person() {
-            Verdict::stalled(ready, err.reason(), format!("{err}: check the tenant credentials Secret and the service account's scopes"))
+            Verdict::stalled(
+                ready,
+                err.reason(),
+                format!(
+                    "{err}: check the tenant credentials Secret and the service account's scopes"
+                ),
+            )
         } else {
             Verdict::progressing(ready, err.reason(), message)
         };
@@ -354,14 +548,27 @@ impl Run<'_> {
     }
 
     fn conclude(&mut self, verdict: Verdict) {
-        let previous_reason = api::condition(&self.status.conditions, api::READY).map(|c| c.reason.clone());
-        if (verdict.stalled || self.status.failures.is_some()) && previous_reason.as_deref() != Some(verdict.reason.as_str()) {
-            self.events.push((EventType::Warning, static_reason(&verdict.reason), verdict.message.clone()));
+        let previous_reason =
+            api::condition(&self.status.conditions, api::READY).map(|c| c.reason.clone());
+        if (verdict.stalled || self.status.failures.is_some())
+            && previous_reason.as_deref() != Some(verdict.reason.as_str())
+        {
+            self.events.push((
+                EventType::Warning,
+                static_reason(&verdict.reason),
+                verdict.message.clone(),
+            ));
         } else if verdict.ready && previous_reason.as_deref() != Some(verdict.reason.as_str()) {
-            self.events.push((EventType::Normal, "Ready", verdict.message.clone()));
+            self.events
+                .push((EventType::Normal, "Ready", verdict.message.clone()));
         }
         self.status.observed_generation = self.obj.meta().generation;
-        api::apply_verdict(&mut self.status.conditions, &verdict, self.obj.meta().generation, self.now);
+        api::apply_verdict(
+            &mut self.status.conditions,
+            &verdict,
+            self.obj.meta().generation,
+            self.now,
+        );
     }
 
     /// Writes status if it changed, then the events.
@@ -371,7 +578,12 @@ impl Run<'_> {
         if let Some(diff) = merge_patch_diff(&old, &new) {
             let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
             let patch = serde_json::json!({ "status": diff });
-            api.patch_status(&self.obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            api.patch_status(
+                &self.obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
         }
         for (type_, reason, note) in self.events {
             self.ctx.event(self.obj, type_, reason, note).await;
@@ -383,13 +595,40 @@ impl Run<'_> {
 /// Event reasons are `&'static str` in our list; verdict reasons come from a fixed set too.
 fn static_reason(reason: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "SecretNotFound", "MissingKey", "InvalidPem", "NoCertificate", "LeafNotFirst", "ChainBroken", "KeyMismatch",
-        "CertificateExpired", "CertificateNotYetValid", "WildcardSubjectAlternativeName", "ChainDoesNotMatchCsr",
-        "InvalidSpec", "InvalidRenewBefore", "CsrRequired", "InvalidCsr", "CredentialsNotFound", "InvalidTenantConfig",
-        "TenantRejected", "TenantUnauthorized", "TenantNotFound", "TenantRateLimited", "TenantServerError",
-        "TenantUnexpectedStatus", "TenantUnreachable", "TenantInvalidResponse", "TenantTokenFailed", "InvalidKey", "Unsupported",
+        "SecretNotFound",
+        "MissingKey",
+        "InvalidPem",
+        "NoCertificate",
+        "LeafNotFirst",
+        "ChainBroken",
+        "KeyMismatch",
+        "CertificateExpired",
+        "CertificateNotYetValid",
+        "WildcardSubjectAlternativeName",
+        "ChainDoesNotMatchCsr",
+        "InvalidSpec",
+        "InvalidRenewBefore",
+        "CsrRequired",
+        "InvalidCsr",
+        "CredentialsNotFound",
+        "InvalidTenantConfig",
+        "TenantRejected",
+        "TenantUnauthorized",
+        "TenantNotFound",
+        "TenantRateLimited",
+        "TenantServerError",
+        "TenantUnexpectedStatus",
+        "TenantUnreachable",
+        "TenantInvalidResponse",
+        "TenantTokenFailed",
+        "InvalidKey",
+        "Unsupported",
     ];
-    KNOWN.iter().copied().find(|k| *k == reason).unwrap_or("ReconcileFailed")
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == reason)
+        .unwrap_or("ReconcileFailed")
 }
 
 enum StepError {
@@ -413,20 +652,38 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
-    let mut run = Run { obj, ctx, ns, status: obj.status.clone().unwrap_or_default(), events: vec![], now };
+    let mut run = Run {
+        obj,
+        ctx,
+        ns,
+        status: obj.status.clone().unwrap_or_default(),
+        events: vec![],
+        now,
+    };
     if api::is_paused(obj.meta()) {
-        run.conclude(Verdict::progressing(false, "Paused", "deletion waits: the resource is paused (no tenant calls)"));
+        run.conclude(Verdict::progressing(
+            false,
+            "Paused",
+            "deletion waits: the resource is paused (no tenant calls)",
+        ));
         run.finish().await?;
-        return Err(Error::Finalizer("paused: cleanup waits for certrotor.io/paused to be removed".into()));
+        return Err(Error::Finalizer(
+            "paused: cleanup waits for certrotor.io/paused to be removed".into(),
+        ));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let client = match run.tenant_client(&secrets).await? {
         Ok(c) => c,
         Err(invalid) => {
-            let message = format!("{}; cannot clean up the tenant. Set deletionPolicy: Retain to delete without cleanup", invalid.message);
+            let message = format!(
+                "{}; cannot clean up the tenant. Set deletionPolicy: Retain to delete without cleanup",
+                invalid.message
+            );
             run.conclude(Verdict::stalled(false, invalid.reason, message));
             run.finish().await?;
-            return Err(Error::Finalizer("cleanup blocked: tenant credentials unavailable".into()));
+            return Err(Error::Finalizer(
+                "cleanup blocked: tenant credentials unavailable".into(),
+            ));
         }
     };
     match cleanup_tenant(obj, &client, policy, &mut run).await {
@@ -435,7 +692,11 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
             Ok(Action::await_change())
         }
         Ok(false) => {
-            run.conclude(Verdict::progressing(false, "CleaningUp", format!("deletionPolicy {policy:?}: waiting for certificates to stop being live")));
+            run.conclude(Verdict::progressing(
+                false,
+                "CleaningUp",
+                format!("deletionPolicy {policy:?}: waiting for certificates to stop being live"),
+            ));
             run.finish().await?;
             Err(Error::Finalizer("cleanup in progress".into()))
         }
@@ -448,19 +709,39 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
 }
 
 /// One pass of cleanup; `Ok(true)` when nothing is left to do.
-async fn cleanup_tenant(obj: &TenantCertificate, client: &AicClient, policy: DeletionPolicy, run: &mut Run<'_>) -> Result<bool, AicError> {
+async fn cleanup_tenant(
+    obj: &TenantCertificate,
+    client: &AicClient,
+    policy: DeletionPolicy,
+    run: &mut Run<'_>,
+) -> Result<bool, AicError> {
     let status = obj.status.clone().unwrap_or_default();
     let ids = plan::known_ids(&status);
-    if ids.is_empty() && status.pending.as_ref().and_then(|p| p.csr.as_ref()).is_none() {
+    if ids.is_empty()
+        && status
+            .pending
+            .as_ref()
+            .and_then(|p| p.csr.as_ref())
+            .is_none()
+    {
         return Ok(true);
     }
-    let tenant: BTreeMap<String, Certificate> = client.list_certificates().await?.into_iter().map(|c| (c.id.clone(), c)).collect();
+    let tenant: BTreeMap<String, Certificate> = client
+        .list_certificates()
+        .await?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
     let mut done = true;
     for id in &ids {
         let Some(c) = tenant.get(id) else { continue };
         if c.active {
             client.set_active(id, false).await?;
-            run.events.push((EventType::Normal, "Deactivated", format!("deactivated certificate {id} (deletionPolicy {policy:?})")));
+            run.events.push((
+                EventType::Normal,
+                "Deactivated",
+                format!("deactivated certificate {id} (deletionPolicy {policy:?})"),
+            ));
             if policy == DeletionPolicy::Delete {
                 done = false;
             }
@@ -469,7 +750,11 @@ async fn cleanup_tenant(obj: &TenantCertificate, client: &AicClient, policy: Del
                 done = false;
             } else {
                 match client.delete_certificate(id).await {
-                    Ok(()) => run.events.push((EventType::Normal, "Deleted", format!("deleted certificate {id}"))),
+                    Ok(()) => run.events.push((
+                        EventType::Normal,
+                        "Deleted",
+                        format!("deleted certificate {id}"),
+                    )),
                     Err(AicError::Server { .. }) => done = false,
                     Err(e) => return Err(e),
                 }
@@ -478,7 +763,12 @@ async fn cleanup_tenant(obj: &TenantCertificate, client: &AicClient, policy: Del
     }
     if policy == DeletionPolicy::Delete {
         // A CSR that never got its certificate is ours to remove too.
-        if let Some(csr) = status.pending.as_ref().filter(|p| p.certificate_id.is_none()).and_then(|p| p.csr.as_ref()) {
+        if let Some(csr) = status
+            .pending
+            .as_ref()
+            .filter(|p| p.certificate_id.is_none())
+            .and_then(|p| p.csr.as_ref())
+        {
             client.delete_csr(&csr.id).await?;
         }
     }

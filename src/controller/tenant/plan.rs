@@ -13,7 +13,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::aic::Certificate;
-use crate::api::{KeySource, PendingCertificate, TenantCertificateSpec, TenantCertificateStatus, parse_duration};
+use crate::api::{
+    KeySource, PendingCertificate, TenantCertificateSpec, TenantCertificateStatus, parse_duration,
+};
 use crate::pki::CertInfo;
 
 /// A certificate read from the source Secret, already checked.
@@ -27,7 +29,7 @@ pub struct SourceCert {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    Present(SourceCert),
+    Present(Box<SourceCert>),
     /// Tenant mode: no signed chain yet.
     NoChain,
 }
@@ -65,24 +67,47 @@ pub struct PollPolicy {
 
 impl Default for PollPolicy {
     fn default() -> Self {
-        Self { min: Duration::from_secs(2), max: Duration::from_secs(20), resync: Duration::from_secs(3600) }
+        Self {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(20),
+            resync: Duration::from_secs(3600),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Local: upload the source chain and key (adopting a matching upload if one exists).
-    Upload { reason: &'static str },
+    Upload {
+        reason: &'static str,
+    },
     /// Tenant: make a CSR in the tenant (adopting a matching one if it exists).
-    CreateCsr { reason: &'static str },
+    CreateCsr {
+        reason: &'static str,
+    },
     /// Tenant: upload the signed chain to the pending CSR.
-    CompleteCsr { csr_id: String },
-    SetActive { id: String, active: bool },
-    Delete { id: String },
+    CompleteCsr {
+        csr_id: String,
+    },
+    SetActive {
+        id: String,
+        active: bool,
+    },
+    Delete {
+        id: String,
+    },
     /// Nothing to do until something changes or `after` passes.
-    Wait { reason: &'static str, message: String, after: Duration },
+    Wait {
+        reason: &'static str,
+        message: String,
+        after: Duration,
+    },
     /// In place: active and live as the spec wants.
-    Settled { reason: &'static str, message: String, after: Duration },
+    Settled {
+        reason: &'static str,
+        message: String,
+        after: Duration,
+    },
 }
 
 impl Step {
@@ -118,20 +143,42 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
         if let Some(id) = &pending.certificate_id {
             let remote = &obs.tenant[id];
             if spec.active && !remote.active {
-                return Ok(Plan { status, step: Step::SetActive { id: id.clone(), active: true } });
+                return Ok(Plan {
+                    status,
+                    step: Step::SetActive {
+                        id: id.clone(),
+                        active: true,
+                    },
+                });
             }
             if spec.active && !remote.live {
                 let after = poll_after(&obs.poll, &pending.since, obs.now);
-                let message = format!("certificate {id} is active; waiting for the load balancer to make it live");
-                return Ok(Plan { status, step: Step::Wait { reason: "WaitingForLive", message, after } });
+                let message = format!(
+                    "certificate {id} is active; waiting for the load balancer to make it live"
+                );
+                return Ok(Plan {
+                    status,
+                    step: Step::Wait {
+                        reason: "WaitingForLive",
+                        message,
+                        after,
+                    },
+                });
             }
             promote(&mut status, &pending, obs.source, remote);
         } else if let Some(csr) = &pending.csr {
             match obs.source.cert() {
                 Some(cert) if obs.pending_csr_key == Some(cert.leaf.public_key_der.as_slice()) => {
-                    return Ok(Plan { status, step: Step::CompleteCsr { csr_id: csr.id.clone() } });
+                    return Ok(Plan {
+                        status,
+                        step: Step::CompleteCsr {
+                            csr_id: csr.id.clone(),
+                        },
+                    });
                 }
-                Some(cert) if status.fingerprint.as_deref() != Some(cert.leaf.fingerprint.as_str()) => {
+                Some(cert)
+                    if status.fingerprint.as_deref() != Some(cert.leaf.fingerprint.as_str()) =>
+                {
                     return Err(Invalid {
                         reason: "ChainDoesNotMatchCsr",
                         message: format!(
@@ -145,7 +192,14 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                         "waiting for the signed chain of CSR {} in Secret {} (tls.crt); the CSR is in status.csr.request",
                         csr.id, spec.secret_ref.name
                     );
-                    return Ok(Plan { status, step: Step::Wait { reason: "AwaitingSignedChain", message, after: obs.poll.resync } });
+                    return Ok(Plan {
+                        status,
+                        step: Step::Wait {
+                            reason: "AwaitingSignedChain",
+                            message,
+                            after: obs.poll.resync,
+                        },
+                    });
                 }
             }
         } else {
@@ -161,11 +215,24 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
     let Some(current_id) = status.certificate_id.clone() else {
         // Tenant mode before the first CSR is handled above; Local always has a source.
         let message = "no certificate yet".to_string();
-        return Ok(Plan { status, step: Step::Wait { reason: "Pending", message, after: obs.poll.max } });
+        return Ok(Plan {
+            status,
+            step: Step::Wait {
+                reason: "Pending",
+                message,
+                after: obs.poll.max,
+            },
+        });
     };
     let current = &obs.tenant[&current_id];
     if current.active != spec.active {
-        return Ok(Plan { status, step: Step::SetActive { id: current_id, active: spec.active } });
+        return Ok(Plan {
+            status,
+            step: Step::SetActive {
+                id: current_id,
+                active: spec.active,
+            },
+        });
     }
     if current.live != current.active {
         let message = if current.active {
@@ -174,58 +241,116 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             format!("certificate {current_id} is inactive; waiting for it to stop being live")
         };
         let after = obs.poll.max.min(obs.poll.min * 4);
-        return Ok(Plan { status, step: Step::Wait { reason: if current.active { "WaitingForLive" } else { "WaitingForNotLive" }, message, after } });
+        return Ok(Plan {
+            status,
+            step: Step::Wait {
+                reason: if current.active {
+                    "WaitingForLive"
+                } else {
+                    "WaitingForNotLive"
+                },
+                message,
+                after,
+            },
+        });
     }
 
     // Older certificates: deactivate every one, delete those beyond the history limit once they
     // are neither active nor live.
-    let limit = spec.revision_history_limit.map(|l| l.max(0) as usize).unwrap_or(DEFAULT_HISTORY);
+    let limit = spec
+        .revision_history_limit
+        .map(|l| l.max(0) as usize)
+        .unwrap_or(DEFAULT_HISTORY);
     let mut waiting_for_old = None;
     for (index, id) in status.previous_certificate_ids.iter().enumerate() {
         let old = &obs.tenant[id];
         if old.active {
-            return Ok(Plan { status: status.clone(), step: Step::SetActive { id: id.clone(), active: false } });
+            return Ok(Plan {
+                status: status.clone(),
+                step: Step::SetActive {
+                    id: id.clone(),
+                    active: false,
+                },
+            });
         }
         if index >= limit {
             if old.live {
                 waiting_for_old.get_or_insert_with(|| id.clone());
             } else {
-                return Ok(Plan { status: status.clone(), step: Step::Delete { id: id.clone() } });
+                return Ok(Plan {
+                    status: status.clone(),
+                    step: Step::Delete { id: id.clone() },
+                });
             }
         }
     }
     if let Some(id) = waiting_for_old {
-        let message = format!("waiting for old certificate {id} to stop being live before deleting it");
-        return Ok(Plan { status, step: Step::Wait { reason: "WaitingToDeleteOld", message, after: obs.poll.max } });
+        let message =
+            format!("waiting for old certificate {id} to stop being live before deleting it");
+        return Ok(Plan {
+            status,
+            step: Step::Wait {
+                reason: "WaitingToDeleteOld",
+                message,
+                after: obs.poll.max,
+            },
+        });
     }
 
     let (reason, message) = if spec.active {
-        ("Live", format!("certificate {current_id} is active and live"))
+        (
+            "Live",
+            format!("certificate {current_id} is active and live"),
+        )
     } else {
-        ("Inactive", format!("certificate {current_id} is installed and inactive, as the spec asks"))
+        (
+            "Inactive",
+            format!("certificate {current_id} is installed and inactive, as the spec asks"),
+        )
     };
     let after = next_look(spec, &status, obs);
-    Ok(Plan { status, step: Step::Settled { reason, message, after } })
+    Ok(Plan {
+        status,
+        step: Step::Settled {
+            reason,
+            message,
+            after,
+        },
+    })
 }
 
 /// Drops ids the tenant no longer has (deleted by hand or by an earlier, unrecorded step).
 fn forget_vanished(status: &mut TenantCertificateStatus, tenant: &BTreeMap<String, Certificate>) {
-    if status.certificate_id.as_ref().is_some_and(|id| !tenant.contains_key(id)) {
+    if status
+        .certificate_id
+        .as_ref()
+        .is_some_and(|id| !tenant.contains_key(id))
+    {
         status.certificate_id = None;
         status.fingerprint = None;
         status.active = None;
         status.live = None;
     }
-    if let Some(pending) = &status.pending {
-        if pending.certificate_id.as_ref().is_some_and(|id| !tenant.contains_key(id)) {
-            status.pending = None;
-        }
+    if let Some(pending) = &status.pending
+        && pending
+            .certificate_id
+            .as_ref()
+            .is_some_and(|id| !tenant.contains_key(id))
+    {
+        status.pending = None;
     }
-    status.previous_certificate_ids.retain(|id| tenant.contains_key(id));
+    status
+        .previous_certificate_ids
+        .retain(|id| tenant.contains_key(id));
 }
 
 /// The pending certificate becomes the current one; the current one becomes the newest previous.
-fn promote(status: &mut TenantCertificateStatus, pending: &PendingCertificate, source: &Source, remote: &Certificate) {
+fn promote(
+    status: &mut TenantCertificateStatus,
+    pending: &PendingCertificate,
+    source: &Source,
+    remote: &Certificate,
+) {
     if let Some(old) = status.certificate_id.take() {
         status.previous_certificate_ids.insert(0, old);
     }
@@ -237,8 +362,15 @@ fn promote(status: &mut TenantCertificateStatus, pending: &PendingCertificate, s
 
 /// Subject, issuer, SANs and validity of the current certificate: from our own parse of the
 /// chain when it is the one in the Secret, else from what the tenant reports.
-pub fn describe_current(status: &mut TenantCertificateStatus, source: &Source, remote: &Certificate) {
-    match source.cert().filter(|c| Some(c.leaf.fingerprint.as_str()) == status.fingerprint.as_deref()) {
+pub fn describe_current(
+    status: &mut TenantCertificateStatus,
+    source: &Source,
+    remote: &Certificate,
+) {
+    match source
+        .cert()
+        .filter(|c| Some(c.leaf.fingerprint.as_str()) == status.fingerprint.as_deref())
+    {
         Some(cert) => {
             status.subject = Some(cert.leaf.subject.clone());
             status.issuer = Some(cert.leaf.issuer.clone());
@@ -256,7 +388,11 @@ pub fn describe_current(status: &mut TenantCertificateStatus, source: &Source, r
     }
 }
 
-fn new_certificate_needed(spec: &TenantCertificateSpec, status: &TenantCertificateStatus, obs: &Observation<'_>) -> Option<Step> {
+fn new_certificate_needed(
+    spec: &TenantCertificateSpec,
+    status: &TenantCertificateStatus,
+    obs: &Observation<'_>,
+) -> Option<Step> {
     if status.pending.is_some() {
         return None;
     }
@@ -264,17 +400,23 @@ fn new_certificate_needed(spec: &TenantCertificateSpec, status: &TenantCertifica
         KeySource::Local => {
             let source = obs.source.cert()?;
             if obs.renew_request.is_some() {
-                return Some(Step::Upload { reason: "RenewRequested" });
+                return Some(Step::Upload {
+                    reason: "RenewRequested",
+                });
             }
             match status.fingerprint.as_deref() {
                 None => Some(Step::Upload { reason: "Initial" }),
-                Some(fp) if fp != source.leaf.fingerprint => Some(Step::Upload { reason: "SecretChanged" }),
+                Some(fp) if fp != source.leaf.fingerprint => Some(Step::Upload {
+                    reason: "SecretChanged",
+                }),
                 Some(_) => None,
             }
         }
         KeySource::Tenant => {
             if obs.renew_request.is_some() {
-                return Some(Step::CreateCsr { reason: "RenewRequested" });
+                return Some(Step::CreateCsr {
+                    reason: "RenewRequested",
+                });
             }
             if status.certificate_id.is_none() {
                 return Some(Step::CreateCsr { reason: "Initial" });
@@ -287,23 +429,34 @@ fn new_certificate_needed(spec: &TenantCertificateSpec, status: &TenantCertifica
 
 /// Tenant mode: when to start the next CSR. `renewBefore`, capped at a third of the lifetime so a
 /// short-lived certificate is not renewed the moment it is installed.
-pub fn renewal_time(spec: &TenantCertificateSpec, status: &TenantCertificateStatus) -> Option<Timestamp> {
+pub fn renewal_time(
+    spec: &TenantCertificateSpec,
+    status: &TenantCertificateStatus,
+) -> Option<Timestamp> {
     if spec.key_source != KeySource::Tenant {
         return None;
     }
     let not_after: Timestamp = status.not_after.as_deref()?.parse().ok()?;
     let not_before: Option<Timestamp> = status.not_before.as_deref().and_then(|s| s.parse().ok());
     let lifetime = not_before
-        .map(|nb| Duration::from_secs(not_after.as_second().saturating_sub(nb.as_second()).max(0) as u64))
+        .map(|nb| {
+            Duration::from_secs(not_after.as_second().saturating_sub(nb.as_second()).max(0) as u64)
+        })
         .unwrap_or(DEFAULT_RENEW_BEFORE * 3);
     let before = match spec.renew_before.as_deref().map(parse_duration) {
         Some(Ok(d)) => d,
         _ => DEFAULT_RENEW_BEFORE.min(lifetime / 3),
     };
-    not_after.checked_sub(jiff::SignedDuration::try_from(before).ok()?).ok()
+    not_after
+        .checked_sub(jiff::SignedDuration::try_from(before).ok()?)
+        .ok()
 }
 
-fn next_look(spec: &TenantCertificateSpec, status: &TenantCertificateStatus, obs: &Observation<'_>) -> Duration {
+fn next_look(
+    spec: &TenantCertificateSpec,
+    status: &TenantCertificateStatus,
+    obs: &Observation<'_>,
+) -> Duration {
     match renewal_time(spec, status) {
         Some(due) => {
             let secs = due.as_second().saturating_sub(obs.now.as_second()).max(1) as u64;
@@ -326,7 +479,12 @@ fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp) -> Duration {
 /// Certificates of ours (recorded in status), for adoption and cleanup.
 pub fn known_ids(status: &TenantCertificateStatus) -> Vec<String> {
     let mut ids: Vec<String> = status.certificate_id.iter().cloned().collect();
-    ids.extend(status.pending.as_ref().and_then(|p| p.certificate_id.clone()));
+    ids.extend(
+        status
+            .pending
+            .as_ref()
+            .and_then(|p| p.certificate_id.clone()),
+    );
     ids.extend(status.previous_certificate_ids.iter().cloned());
     ids
 }
@@ -346,11 +504,16 @@ pub fn find_adoptable_upload<'a>(
             return false;
         }
         let same_time = |reported: &Option<String>, ours: Timestamp| {
-            reported.as_deref().and_then(|s| s.parse::<Timestamp>().ok()).is_some_and(|t| t.as_second() == ours.as_second())
+            reported
+                .as_deref()
+                .and_then(|s| s.parse::<Timestamp>().ok())
+                .is_some_and(|t| t.as_second() == ours.as_second())
         };
         let mut sans = c.subject_alternative_names.clone();
         sans.sort();
-        same_time(&c.valid_from_time, leaf.not_before) && same_time(&c.expire_time, leaf.not_after) && sans == wanted_sans
+        same_time(&c.valid_from_time, leaf.not_before)
+            && same_time(&c.expire_time, leaf.not_after)
+            && sans == wanted_sans
     })
 }
 
@@ -375,7 +538,9 @@ pub fn find_adoptable_csr<'a>(
         c.certificate_id.is_none()
             && !known.contains(&c.id)
             && sans == wanted
-            && c.subject.as_deref().is_some_and(|s| s.contains(&format!("CN={}", spec.common_name)))
+            && c.subject
+                .as_deref()
+                .is_some_and(|s| s.contains(&format!("CN={}", spec.common_name)))
             && created_ok
     })
 }

@@ -17,7 +17,9 @@ fn spec(key_source: KeySource) -> TenantCertificateSpec {
     TenantCertificateSpec {
         tenant: TenantSpec {
             url: "https://t.example.com".into(),
-            credentials_secret_ref: SecretReference { name: "creds".into() },
+            credentials_secret_ref: SecretReference {
+                name: "creds".into(),
+            },
             ca_bundle: None,
         },
         key_source,
@@ -49,11 +51,23 @@ fn leaf(fp: &str) -> CertInfo {
 }
 
 fn source(fp: &str) -> Source {
-    Source::Present(SourceCert { chain_pem: "chain".into(), key_pem: Some("key".into()), leaf: leaf(fp) })
+    Source::Present(Box::new(SourceCert {
+        chain_pem: "chain".into(),
+        key_pem: Some("key".into()),
+        leaf: leaf(fp),
+    }))
 }
 
 fn remote(id: &str, active: bool, live: bool) -> (String, Certificate) {
-    (id.to_string(), Certificate { id: id.into(), active, live, ..Default::default() })
+    (
+        id.to_string(),
+        Certificate {
+            id: id.into(),
+            active,
+            live,
+            ..Default::default()
+        },
+    )
 }
 
 struct Case {
@@ -96,7 +110,11 @@ impl Case {
 }
 
 fn installed(id: &str, fp: &str) -> TenantCertificateStatus {
-    TenantCertificateStatus { certificate_id: Some(id.into()), fingerprint: Some(fp.into()), ..Default::default() }
+    TenantCertificateStatus {
+        certificate_id: Some(id.into()),
+        fingerprint: Some(fp.into()),
+        ..Default::default()
+    }
 }
 
 fn pending(id: &str, fp: &str) -> PendingCertificate {
@@ -111,7 +129,10 @@ fn pending(id: &str, fp: &str) -> PendingCertificate {
 
 #[test]
 fn local_first_upload() {
-    assert_eq!(Case::local("fp1").step(), Step::Upload { reason: "Initial" });
+    assert_eq!(
+        Case::local("fp1").step(),
+        Step::Upload { reason: "Initial" }
+    );
 }
 
 #[test]
@@ -127,7 +148,12 @@ fn secret_change_starts_a_rotation_while_the_old_one_stays_live() {
     let mut c = Case::local("fp2");
     c.status = installed("ccrt-1", "fp1");
     c.tenant = [remote("ccrt-1", true, true)].into();
-    assert_eq!(c.step(), Step::Upload { reason: "SecretChanged" });
+    assert_eq!(
+        c.step(),
+        Step::Upload {
+            reason: "SecretChanged"
+        }
+    );
 }
 
 #[test]
@@ -136,11 +162,26 @@ fn pending_is_activated_then_waited_for_then_promoted() {
     c.status = installed("ccrt-1", "fp1");
     c.status.pending = Some(pending("ccrt-2", "fp2"));
     c.tenant = [remote("ccrt-1", true, true), remote("ccrt-2", false, false)].into();
-    assert_eq!(c.step(), Step::SetActive { id: "ccrt-2".into(), active: true });
+    assert_eq!(
+        c.step(),
+        Step::SetActive {
+            id: "ccrt-2".into(),
+            active: true
+        }
+    );
 
     c.tenant = [remote("ccrt-1", true, true), remote("ccrt-2", true, false)].into();
     let step = c.step();
-    assert!(matches!(step, Step::Wait { reason: "WaitingForLive", .. }), "{step:?}");
+    assert!(
+        matches!(
+            step,
+            Step::Wait {
+                reason: "WaitingForLive",
+                ..
+            }
+        ),
+        "{step:?}"
+    );
 
     // Live: promoted, and only now is the old one deactivated.
     c.tenant = [remote("ccrt-1", true, true), remote("ccrt-2", true, true)].into();
@@ -148,7 +189,13 @@ fn pending_is_activated_then_waited_for_then_promoted() {
     assert_eq!(plan.status.certificate_id.as_deref(), Some("ccrt-2"));
     assert_eq!(plan.status.previous_certificate_ids, ["ccrt-1"]);
     assert!(plan.status.pending.is_none());
-    assert_eq!(plan.step, Step::SetActive { id: "ccrt-1".into(), active: false });
+    assert_eq!(
+        plan.step,
+        Step::SetActive {
+            id: "ccrt-1".into(),
+            active: false
+        }
+    );
 }
 
 #[test]
@@ -156,13 +203,38 @@ fn old_certificates_are_deleted_beyond_history_only_when_not_live() {
     let mut c = Case::local("fp3");
     c.status = installed("ccrt-3", "fp3");
     c.status.previous_certificate_ids = vec!["ccrt-2".into(), "ccrt-1".into()];
-    c.tenant = [remote("ccrt-3", true, true), remote("ccrt-2", false, false), remote("ccrt-1", false, true)].into();
+    c.tenant = [
+        remote("ccrt-3", true, true),
+        remote("ccrt-2", false, false),
+        remote("ccrt-1", false, true),
+    ]
+    .into();
     let step = c.step();
-    assert!(matches!(step, Step::Wait { reason: "WaitingToDeleteOld", .. }), "{step:?}");
-    c.tenant.insert("ccrt-1".into(), remote("ccrt-1", false, false).1);
-    assert_eq!(c.step(), Step::Delete { id: "ccrt-1".into() });
+    assert!(
+        matches!(
+            step,
+            Step::Wait {
+                reason: "WaitingToDeleteOld",
+                ..
+            }
+        ),
+        "{step:?}"
+    );
+    c.tenant
+        .insert("ccrt-1".into(), remote("ccrt-1", false, false).1);
+    assert_eq!(
+        c.step(),
+        Step::Delete {
+            id: "ccrt-1".into()
+        }
+    );
     c.spec.revision_history_limit = Some(0);
-    assert_eq!(c.step(), Step::Delete { id: "ccrt-2".into() });
+    assert_eq!(
+        c.step(),
+        Step::Delete {
+            id: "ccrt-2".into()
+        }
+    );
 }
 
 #[test]
@@ -182,9 +254,21 @@ fn spec_inactive_deactivates_current() {
     c.spec.active = false;
     c.status = installed("ccrt-1", "fp1");
     c.tenant = [remote("ccrt-1", true, true)].into();
-    assert_eq!(c.step(), Step::SetActive { id: "ccrt-1".into(), active: false });
+    assert_eq!(
+        c.step(),
+        Step::SetActive {
+            id: "ccrt-1".into(),
+            active: false
+        }
+    );
     c.tenant = [remote("ccrt-1", false, false)].into();
-    assert!(matches!(c.step(), Step::Settled { reason: "Inactive", .. }));
+    assert!(matches!(
+        c.step(),
+        Step::Settled {
+            reason: "Inactive",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -193,9 +277,19 @@ fn renew_annotation_reuploads_in_local_mode_and_makes_a_csr_in_tenant_mode() {
     c.status = installed("ccrt-1", "fp1");
     c.tenant = [remote("ccrt-1", true, true)].into();
     c.renew = Some("now");
-    assert_eq!(c.step(), Step::Upload { reason: "RenewRequested" });
+    assert_eq!(
+        c.step(),
+        Step::Upload {
+            reason: "RenewRequested"
+        }
+    );
     c.spec = spec(KeySource::Tenant);
-    assert_eq!(c.step(), Step::CreateCsr { reason: "RenewRequested" });
+    assert_eq!(
+        c.step(),
+        Step::CreateCsr {
+            reason: "RenewRequested"
+        }
+    );
 }
 
 #[test]
@@ -206,19 +300,33 @@ fn tenant_mode_waits_for_a_chain_that_matches_the_csr() {
     assert_eq!(c.step(), Step::CreateCsr { reason: "Initial" });
 
     c.status.pending = Some(PendingCertificate {
-        csr: Some(CsrStatus { id: "csr-1".into(), request: "pem".into() }),
+        csr: Some(CsrStatus {
+            id: "csr-1".into(),
+            request: "pem".into(),
+        }),
         reason: "Initial".into(),
         since: "2026-11-23T09:00:00Z".into(),
         ..Default::default()
     });
-    assert!(matches!(c.step(), Step::Wait { reason: "AwaitingSignedChain", .. }));
+    assert!(matches!(
+        c.step(),
+        Step::Wait {
+            reason: "AwaitingSignedChain",
+            ..
+        }
+    ));
 
     c.source = source("fp1");
     c.csr_key = Some(b"another key".to_vec());
     assert_eq!(c.plan().unwrap_err().reason, "ChainDoesNotMatchCsr");
 
     c.csr_key = Some(b"fp1".to_vec());
-    assert_eq!(c.step(), Step::CompleteCsr { csr_id: "csr-1".into() });
+    assert_eq!(
+        c.step(),
+        Step::CompleteCsr {
+            csr_id: "csr-1".into()
+        }
+    );
 }
 
 #[test]
@@ -261,8 +369,20 @@ fn adoption_matches_validity_and_sans_and_skips_known_ids() {
         subject_alternative_names: vec!["login.example.com".into()],
         ..Default::default()
     };
-    let support = Certificate { id: "ccrt-support".into(), active: true, live: true, ..Default::default() };
-    let tenant: BTreeMap<_, _> = [(mine.id.clone(), mine.clone()), (support.id.clone(), support)].into();
-    assert_eq!(find_adoptable_upload(&tenant, &l, &[]).map(|c| c.id.as_str()), Some("ccrt-9"));
+    let support = Certificate {
+        id: "ccrt-support".into(),
+        active: true,
+        live: true,
+        ..Default::default()
+    };
+    let tenant: BTreeMap<_, _> = [
+        (mine.id.clone(), mine.clone()),
+        (support.id.clone(), support),
+    ]
+    .into();
+    assert_eq!(
+        find_adoptable_upload(&tenant, &l, &[]).map(|c| c.id.as_str()),
+        Some("ccrt-9")
+    );
     assert_eq!(find_adoptable_upload(&tenant, &l, &["ccrt-9".into()]), None);
 }

@@ -21,18 +21,26 @@ pub fn validate_spec(spec: &TenantCertificateSpec) -> Result<(), Invalid> {
         return invalid("InvalidSpec", "spec.secretRef.name is required".into());
     }
     if spec.tenant.credentials_secret_ref.name.trim().is_empty() {
-        return invalid("InvalidSpec", "spec.tenant.credentialsSecretRef.name is required".into());
+        return invalid(
+            "InvalidSpec",
+            "spec.tenant.credentialsSecretRef.name is required".into(),
+        );
     }
-    if let Some(rb) = &spec.renew_before {
-        if let Err(e) = parse_duration(rb) {
-            return invalid("InvalidRenewBefore", format!("spec.renewBefore: {e}"));
-        }
+    if let Some(rb) = &spec.renew_before
+        && let Err(e) = parse_duration(rb)
+    {
+        return invalid("InvalidRenewBefore", format!("spec.renewBefore: {e}"));
     }
     if spec.revision_history_limit.is_some_and(|l| l < 0) {
-        return invalid("InvalidSpec", "spec.revisionHistoryLimit must not be negative".into());
+        return invalid(
+            "InvalidSpec",
+            "spec.revisionHistoryLimit must not be negative".into(),
+        );
     }
     match (&spec.key_source, &spec.csr) {
-        (KeySource::Tenant, None) => invalid("CsrRequired", "keySource Tenant needs spec.csr".into()),
+        (KeySource::Tenant, None) => {
+            invalid("CsrRequired", "keySource Tenant needs spec.csr".into())
+        }
         (KeySource::Tenant, Some(csr)) => {
             if csr.common_name.trim().is_empty() {
                 return invalid("InvalidCsr", "spec.csr.commonName is required".into());
@@ -44,11 +52,17 @@ pub fn validate_spec(spec: &TenantCertificateSpec) -> Result<(), Invalid> {
                     format!("{wild:?}: the tenant rejects wildcard names; list each name"),
                 );
             }
-            for (field, value) in [("country", &csr.country), ("jurisdictionCountry", &csr.jurisdiction_country)] {
-                if let Some(v) = value {
-                    if v.len() != 2 || !v.chars().all(|c| c.is_ascii_uppercase()) {
-                        return invalid("InvalidCsr", format!("spec.csr.{field} {v:?} must be two capital letters, e.g. US"));
-                    }
+            for (field, value) in [
+                ("country", &csr.country),
+                ("jurisdictionCountry", &csr.jurisdiction_country),
+            ] {
+                if let Some(v) = value
+                    && (v.len() != 2 || !v.chars().all(|c| c.is_ascii_uppercase()))
+                {
+                    return invalid(
+                        "InvalidCsr",
+                        format!("spec.csr.{field} {v:?} must be two capital letters, e.g. US"),
+                    );
                 }
             }
             Ok(())
@@ -59,26 +73,51 @@ pub fn validate_spec(spec: &TenantCertificateSpec) -> Result<(), Invalid> {
 
 /// Reads the source Secret. Local: chain and key must be present and consistent. Tenant: no
 /// chain yet is normal (a CA has not signed the CSR); a chain present must be well formed.
-pub fn read_source(spec: &TenantCertificateSpec, secret: Option<&Secret>, now: Timestamp) -> Result<Source, Invalid> {
+pub fn read_source(
+    spec: &TenantCertificateSpec,
+    secret: Option<&Secret>,
+    now: Timestamp,
+) -> Result<Source, Invalid> {
     let name = &spec.secret_ref.name;
     let data = secret.map(secret_data);
-    let chain = data.as_ref().and_then(|d| d.get(TLS_CRT)).filter(|v| !v.trim().is_empty());
+    let chain = data
+        .as_ref()
+        .and_then(|d| d.get(TLS_CRT))
+        .filter(|v| !v.trim().is_empty());
     let chain = match (spec.key_source, secret, chain) {
         (KeySource::Tenant, _, None) => return Ok(Source::NoChain),
         (KeySource::Local, None, _) => {
-            return Err(Invalid { reason: "SecretNotFound", message: format!("Secret {name} not found") });
+            return Err(Invalid {
+                reason: "SecretNotFound",
+                message: format!("Secret {name} not found"),
+            });
         }
         (KeySource::Local, Some(_), None) => {
-            return Err(Invalid { reason: "MissingKey", message: format!("Secret {name} has no {TLS_CRT}") });
+            return Err(Invalid {
+                reason: "MissingKey",
+                message: format!("Secret {name} has no {TLS_CRT}"),
+            });
         }
         (_, _, Some(chain)) => chain.clone(),
     };
-    let infos = pki::check_chain(&chain, now).map_err(|e| Invalid { reason: e.reason(), message: format!("Secret {name} {TLS_CRT}: {e}") })?;
-    let leaf = infos.into_iter().next().ok_or(Invalid { reason: "NoCertificate", message: format!("Secret {name} {TLS_CRT} holds no certificate") })?;
-    if let Some(wild) = leaf.subject_alternative_names.iter().find(|n| n.contains('*')) {
+    let infos = pki::check_chain(&chain, now).map_err(|e| Invalid {
+        reason: e.reason(),
+        message: format!("Secret {name} {TLS_CRT}: {e}"),
+    })?;
+    let leaf = infos.into_iter().next().ok_or(Invalid {
+        reason: "NoCertificate",
+        message: format!("Secret {name} {TLS_CRT} holds no certificate"),
+    })?;
+    if let Some(wild) = leaf
+        .subject_alternative_names
+        .iter()
+        .find(|n| n.contains('*'))
+    {
         return Err(Invalid {
             reason: "WildcardSubjectAlternativeName",
-            message: format!("Secret {name}: the leaf names {wild:?}; the tenant rejects wildcard names"),
+            message: format!(
+                "Secret {name}: the leaf names {wild:?}; the tenant rejects wildcard names"
+            ),
         });
     }
     let key_pem = match spec.key_source {
@@ -88,12 +127,25 @@ pub fn read_source(spec: &TenantCertificateSpec, secret: Option<&Secret>, now: T
                 .as_ref()
                 .and_then(|d| d.get(TLS_KEY))
                 .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| Invalid { reason: "MissingKey", message: format!("Secret {name} has no {TLS_KEY}") })?;
-            pki::check_key_matches(&chain, key).map_err(|e| Invalid { reason: e.reason(), message: format!("Secret {name}: {e}") })?;
-            Some(pki::private_key_to_pkcs8_pem(key).map_err(|e| Invalid { reason: e.reason(), message: format!("Secret {name} {TLS_KEY}: {e}") })?)
+                .ok_or_else(|| Invalid {
+                    reason: "MissingKey",
+                    message: format!("Secret {name} has no {TLS_KEY}"),
+                })?;
+            pki::check_key_matches(&chain, key).map_err(|e| Invalid {
+                reason: e.reason(),
+                message: format!("Secret {name}: {e}"),
+            })?;
+            Some(pki::private_key_to_pkcs8_pem(key).map_err(|e| Invalid {
+                reason: e.reason(),
+                message: format!("Secret {name} {TLS_KEY}: {e}"),
+            })?)
         }
     };
-    Ok(Source::Present(SourceCert { chain_pem: chain, key_pem, leaf }))
+    Ok(Source::Present(Box::new(SourceCert {
+        chain_pem: chain,
+        key_pem,
+        leaf,
+    })))
 }
 
 /// A Secret's data and stringData as text (non-UTF-8 values are dropped).
