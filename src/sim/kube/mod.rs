@@ -1,1 +1,327 @@
-//! In-process Kubernetes API stand-in: a test double and the embedded default for `certrotor demo`.
+//! In-process Kubernetes API stand-in: a **test double** and the embedded default for
+//! `certrotor demo`. It is not a Kubernetes API server and must never be used as one.
+//!
+//! There is no cluster and no container engine where certrotor is developed and tested, so this
+//! module serves the slice of the Kubernetes API that the unmodified operator (kube's `Client`,
+//! `Api<K>`, `Controller`, `watcher`, `reflector`, `events::Recorder`) and `kubectl` use, over
+//! plain HTTP on loopback with no authentication:
+//!
+//! - Resources: `namespaces`, `secrets`, `configmaps`, `events` (core `v1` and `events.k8s.io/v1`,
+//!   one store seen two ways), `leases`, `customresourcedefinitions`, and every kind an applied
+//!   CRD declares (its scope, versions, status subresource, schema and printer columns).
+//! - Verbs: get, list, watch, create, update (PUT), patch, delete, deletecollection, with
+//!   label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`) and field selectors (any
+//!   dotted scalar path with `=`, `==`, `!=`). `limit`/`continue` are accepted; every list is
+//!   answered in one page.
+//! - Object semantics: `uid`, `creationTimestamp`, one global increasing `resourceVersion`,
+//!   `generation` bumped only when something outside `metadata` (and `status`, for kinds with a
+//!   status subresource) changes, 409 on stale `resourceVersion`, finalizers with
+//!   `deletionTimestamp`, no-op writes that change nothing (no new resourceVersion, no watch
+//!   event), Secret `stringData` folded into `data`, and background deletion of dependents whose
+//!   every owner is gone (garbage collection by `ownerReferences`).
+//! - Namespaces must exist before objects are created in them (`default`, `kube-system`,
+//!   `kube-public` and `kube-node-lease` exist from the start), as on a real cluster.
+//! - Patches: see [`patch`] for how strategic merge and server-side apply are approximated.
+//! - Watch: newline-delimited `{type, object}` events replayed from a bounded history, 410 (an
+//!   ERROR event) for a compacted `resourceVersion`, bookmarks, `timeoutSeconds`, selector
+//!   transitions as ADDED/DELETED, streaming lists (`sendInitialEvents=true`).
+//! - Discovery (legacy and aggregated v2), Table output for `kubectl get`, metadata-only
+//!   (`PartialObjectMetadata`) responses, and validation/pruning against CRD schemas (see
+//!   [`schema`] for what is and is not checked).
+//!
+//! Not served: authentication and authorization (every request is allowed), protobuf,
+//! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
+//! validation rules, `managedFields`, pagination tokens, and every kind not listed above.
+
+mod convert;
+mod discovery;
+mod error;
+pub mod patch;
+mod resources;
+pub mod schema;
+mod selector;
+mod server;
+mod store;
+mod table;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::RwLock;
+
+use server::App;
+
+/// Knobs for tests; [`StandIn::start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+    /// How many changes watches can replay; older resourceVersions get 410 Gone.
+    pub history_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bookmark_interval: Duration::from_secs(30),
+            history_limit: 10_000,
+        }
+    }
+}
+
+/// Request kinds, as counted in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    DeleteCollection,
+    Discovery,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
+            Verb::Discovery => "discovery",
+        }
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Verb::Create | Verb::Update | Verb::Patch | Verb::Delete | Verb::DeleteCollection
+        )
+    }
+}
+
+/// Request counts by verb and resource (`secrets`, `leases.coordination.k8s.io`,
+/// `tenantcertificates.certrotor.io`; discovery requests have resource `""`). Failed requests
+/// count too: they cost the real API server as much.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: BTreeMap<(Verb, String), u64>,
+}
+
+impl Stats {
+    /// Requests with this verb on this resource.
+    pub fn count(&self, verb: Verb, resource: &str) -> u64 {
+        self.requests
+            .get(&(verb, resource.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All writes (create, update, patch, delete, deletecollection).
+    pub fn writes(&self) -> u64 {
+        self.sum(|v, _| v.is_write())
+    }
+
+    /// Writes to one resource.
+    pub fn writes_to(&self, resource: &str) -> u64 {
+        self.sum(|v, r| v.is_write() && r == resource)
+    }
+
+    /// All reads (get, list, watch; not discovery).
+    pub fn reads(&self) -> u64 {
+        self.sum(|v, _| !v.is_write() && v != Verb::Discovery)
+    }
+
+    fn sum(&self, pick: impl Fn(Verb, &str) -> bool) -> u64 {
+        self.requests
+            .iter()
+            .filter(|((v, r), _)| pick(*v, r))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl App {
+    fn count(&self, verb: Verb, resource: &str) {
+        if let Ok(mut stats) = self.stats.lock() {
+            *stats
+                .requests
+                .entry((verb, resource.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+}
+
+/// A running stand-in. Cheap to clone; [`StandIn::shutdown`] stops it for every clone.
+#[derive(Clone)]
+pub struct StandIn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    app: Arc<App>,
+    client: kube::Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandIn")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandIn {
+    /// Starts serving on `addr` (port 0 picks a free port).
+    pub async fn start(addr: SocketAddr) -> anyhow::Result<StandIn> {
+        Self::start_with(addr, Options::default()).await
+    }
+
+    pub async fn start_with(addr: SocketAddr, options: Options) -> anyhow::Result<StandIn> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the Kubernetes API stand-in to {addr}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let app = Arc::new(App {
+            state: RwLock::new(store::State::new(options.history_limit)),
+            stats: Mutex::new(Stats::default()),
+            shutdown: stopped.clone(),
+            bookmark_interval: options.bookmark_interval,
+        });
+        let router = axum::Router::new()
+            .fallback(server::handle)
+            .with_state(app.clone());
+        let mut stopped_signal = stopped;
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    // Either a stop request or every sender gone ends the server.
+                    let _ = stopped_signal.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "Kubernetes API stand-in stopped with an error");
+            }
+        });
+        let url = format!("http://{addr}");
+        let config = kube::Config::new(url.parse().context("stand-in URL")?);
+        let client =
+            kube::Client::try_from(config).context("building a client for the stand-in")?;
+        tracing::info!(%url, "Kubernetes API stand-in listening");
+        Ok(StandIn {
+            inner: Arc::new(Inner {
+                addr,
+                app,
+                client,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// A client for this stand-in, with default namespace `default`.
+    pub fn client(&self) -> kube::Client {
+        self.inner.client.clone()
+    }
+
+    /// A kubeconfig pointing at this stand-in (context `certrotor-standin`, namespace
+    /// `default`, no credentials), for `kubectl` and `certrotor run` via `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, kubeconfig(&self.url()))
+            .with_context(|| format!("writing kubeconfig {}", path.display()))
+    }
+
+    /// Request counts so far.
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .app
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Ends every watch and stops serving.
+    pub async fn shutdown(self) {
+        let _ = self.inner.stop.send(true);
+        let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let abort = task.abort_handle();
+            // Idle keep-alive connections held by clients can delay a graceful end; don't wait
+            // for them forever.
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: certrotor-standin
+  cluster:
+    server: {url}
+contexts:
+- name: certrotor-standin
+  context:
+    cluster: certrotor-standin
+    user: certrotor-standin
+    namespace: default
+current-context: certrotor-standin
+users:
+- name: certrotor-standin
+  user: {{}}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_split_reads_and_writes() {
+        let mut s = Stats::default();
+        s.requests.insert((Verb::Patch, "secrets".into()), 2);
+        s.requests.insert((Verb::Create, "configmaps".into()), 1);
+        s.requests.insert((Verb::Watch, "secrets".into()), 4);
+        s.requests.insert((Verb::Discovery, String::new()), 9);
+        assert_eq!(s.writes(), 3);
+        assert_eq!(s.writes_to("secrets"), 2);
+        assert_eq!(s.reads(), 4);
+        assert_eq!(s.count(Verb::Watch, "secrets"), 4);
+        assert_eq!(s.count(Verb::Get, "secrets"), 0);
+    }
+
+    #[test]
+    fn kubeconfig_names_the_server() {
+        let k = kubeconfig("http://127.0.0.1:1234");
+        assert!(k.contains("server: http://127.0.0.1:1234"));
+        assert!(k.contains("current-context: certrotor-standin"));
+    }
+}

@@ -1,0 +1,272 @@
+//! Discovery: `/version`, the legacy `/api`, `/apis`, `/apis/{group}` and resource lists, and the
+//! aggregated (`apidiscovery.k8s.io/v2`) documents kubectl asks for first. CRD kinds show up as
+//! soon as their CRD is stored and vanish with it, because every answer is computed from the
+//! live registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::resources::ResourceInfo;
+use super::server::App;
+
+const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+fn json(body: &Value, content_type: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// True when the client's first acceptable media type is aggregated discovery v2.
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split(',').next())
+        .is_some_and(|first| {
+            let params: Vec<&str> = first.split(';').map(str::trim).collect();
+            ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"]
+                .iter()
+                .all(|p| params.contains(p))
+        })
+}
+
+/// Answers a discovery path, or `None` when `path` is not one.
+pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<Response> {
+    let path = path.trim_end_matches('/');
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let state = app.state.read().await;
+    let resources: Vec<Arc<ResourceInfo>> = state.resources().cloned().collect();
+    drop(state);
+    let aggregated = wants_aggregated(headers);
+    Some(match segs.as_slice() {
+        ["version"] => json(&version(), "application/json"),
+        ["healthz"] | ["readyz"] | ["livez"] => (StatusCode::OK, "ok").into_response(),
+        ["api"] if aggregated => json(&aggregated_list(&resources, true), AGGREGATED_V2),
+        ["apis"] if aggregated => json(&aggregated_list(&resources, false), AGGREGATED_V2),
+        ["api"] => json(
+            &json!({
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [],
+            }),
+            "application/json",
+        ),
+        ["apis"] => json(
+            &json!({
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": groups(&resources)
+                    .into_iter()
+                    .filter(|(g, _)| !g.is_empty())
+                    .map(|(g, vs)| api_group(&g, &vs))
+                    .collect::<Vec<_>>(),
+            }),
+            "application/json",
+        ),
+        ["api", version] => json(&resource_list(&resources, "", version)?, "application/json"),
+        ["apis", group] => {
+            let versions = groups(&resources).remove(*group)?;
+            json(&api_group(group, &versions), "application/json")
+        }
+        ["apis", group, version] => json(
+            &resource_list(&resources, group, version)?,
+            "application/json",
+        ),
+        _ => return None,
+    })
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.0+certrotor-standin",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+/// Group → served versions (preferred first), in a stable order.
+fn groups(resources: &[Arc<ResourceInfo>]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in resources {
+        let vs = out.entry(r.group.clone()).or_default();
+        for v in &r.versions {
+            if !vs.contains(v) {
+                vs.push(v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn api_group(group: &str, versions: &[String]) -> Value {
+    let gv = |v: &String| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    json!({
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions.iter().map(gv).collect::<Vec<_>>(),
+        "preferredVersion": versions.first().map(gv).unwrap_or(Value::Null),
+    })
+}
+
+fn resource_list(resources: &[Arc<ResourceInfo>], group: &str, version: &str) -> Option<Value> {
+    let mut list = Vec::new();
+    for r in resources
+        .iter()
+        .filter(|r| r.group == group && r.serves(version))
+    {
+        list.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs(),
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        if r.status_subresource {
+            list.push(json!({
+                "name": format!("{}/status", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    if list.is_empty() {
+        return None;
+    }
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": list,
+    }))
+}
+
+fn aggregated_list(resources: &[Arc<ResourceInfo>], core: bool) -> Value {
+    let items: Vec<Value> = groups(resources)
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let rs: Vec<Value> = resources
+                        .iter()
+                        .filter(|r| r.group == group && r.serves(v))
+                        .map(|r| aggregated_resource(r, v))
+                        .collect();
+                    json!({"version": v, "resources": rs, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
+fn aggregated_resource(r: &ResourceInfo, version: &str) -> Value {
+    let kind = json!({"group": r.group, "version": version, "kind": r.kind});
+    let mut out = json!({
+        "resource": r.plural,
+        "responseKind": kind,
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs(),
+        "shortNames": r.short_names,
+        "categories": r.categories,
+    });
+    if r.status_subresource {
+        out["subresources"] = json!([{
+            "subresource": "status",
+            "responseKind": kind,
+            "verbs": ["get", "patch", "update"],
+        }]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kube::resources::builtins;
+
+    fn all() -> Vec<Arc<ResourceInfo>> {
+        builtins().into_iter().map(Arc::new).collect()
+    }
+
+    #[test]
+    fn core_resource_list_names_status_subresources() {
+        let list = resource_list(&all(), "", "v1").unwrap();
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"secrets") && names.contains(&"namespaces/status"));
+        assert!(resource_list(&all(), "", "v2").is_none());
+    }
+
+    #[test]
+    fn aggregated_documents_split_core_from_groups() {
+        let core = aggregated_list(&all(), true);
+        assert_eq!(core["items"].as_array().unwrap().len(), 1);
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let groups = aggregated_list(&all(), false);
+        let names: Vec<&str> = groups["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "apiextensions.k8s.io",
+                "coordination.k8s.io",
+                "events.k8s.io"
+            ]
+        );
+    }
+
+    #[test]
+    fn aggregated_is_chosen_only_when_asked_first() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(wants_aggregated(&h));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert!(!wants_aggregated(&h));
+    }
+}

@@ -1,0 +1,243 @@
+//! Validation and pruning of custom objects against their CRD's structural `openAPIV3Schema`.
+//!
+//! Validated: `type` (object, array, string, integer, number, boolean; `nullable`), `required`,
+//! `enum`, `x-kubernetes-int-or-string`, and recursively `properties`, `additionalProperties`
+//! (as a schema) and `items`. Pruned: fields not declared in `properties` of an object schema,
+//! unless `x-kubernetes-preserve-unknown-fields: true` or `additionalProperties` is given;
+//! `apiVersion`, `kind` and `metadata` at the root are never pruned.
+//!
+//! Not validated: `format`, `pattern`, `minimum`/`maximum`, lengths and item counts,
+//! `oneOf`/`anyOf`/`allOf`/`not`, defaults (`default` is not applied), and CEL
+//! (`x-kubernetes-validations`) rules.
+
+use serde_json::Value;
+
+/// Prunes unknown fields from `obj` and returns the validation errors (empty when valid), in
+/// the API server's `path: message` style.
+pub fn validate_and_prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(root) = obj.as_object_mut() else {
+        return vec!["<root>: Invalid value: must be an object".into()];
+    };
+    let props = schema.get("properties");
+    let preserve = preserves_unknown(schema);
+    let keys: Vec<String> = root.keys().cloned().collect();
+    for key in keys {
+        if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        match props.and_then(|p| p.get(&key)) {
+            Some(sub) => {
+                if let Some(v) = root.get_mut(&key) {
+                    check(sub, v, &key, &mut errors);
+                }
+            }
+            None if !preserve => {
+                root.remove(&key);
+            }
+            None => {}
+        }
+    }
+    required(schema, obj, "", &mut errors);
+    errors
+}
+
+fn preserves_unknown(schema: &Value) -> bool {
+    schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn required(schema: &Value, obj: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(req) = schema.get("required").and_then(Value::as_array) else {
+        return;
+    };
+    for r in req.iter().filter_map(Value::as_str) {
+        if obj.get(r).is_none() {
+            let p = if path.is_empty() {
+                r.to_string()
+            } else {
+                format!("{path}.{r}")
+            };
+            errors.push(format!("{p}: Required value"));
+        }
+    }
+}
+
+fn type_matches(ty: &str, v: &Value) -> bool {
+    match ty {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        _ => true,
+    }
+}
+
+fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
+    if v.is_null() {
+        if !schema
+            .get("nullable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            // The real server drops nulls for non-nullable fields in some cases and rejects
+            // them in others; rejecting is the stricter choice.
+            if schema.get("type").is_some() {
+                errors.push(format!(
+                    "{path}: Invalid value: \"null\": {path} in body must be of type {}",
+                    schema["type"].as_str().unwrap_or("object")
+                ));
+            }
+        }
+        return;
+    }
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if int_or_string {
+        if !(v.is_string() || v.is_i64() || v.is_u64()) {
+            errors.push(format!(
+                "{path}: Invalid value: must be an integer or a string"
+            ));
+        }
+        return;
+    }
+    if let Some(ty) = schema.get("type").and_then(Value::as_str)
+        && !type_matches(ty, v)
+    {
+        errors.push(format!(
+            "{path}: Invalid value: \"{}\": {path} in body must be of type {ty}",
+            json_type(v)
+        ));
+        return;
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(v)
+    {
+        let listed: Vec<String> = options.iter().map(Value::to_string).collect();
+        errors.push(format!(
+            "{path}: Unsupported value: {v}: supported values: {}",
+            listed.join(", ")
+        ));
+    }
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties");
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let preserve = preserves_unknown(schema)
+                || schema
+                    .get("x-kubernetes-embedded-resource")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+            let declared = props.is_some() || additional.is_some();
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let sub = props.and_then(|p| p.get(&key)).or(additional);
+                let child = format!("{path}.{key}");
+                match sub {
+                    Some(sub) => {
+                        if let Some(x) = map.get_mut(&key) {
+                            check(sub, x, &child, errors);
+                        }
+                    }
+                    // An object schema with neither properties nor additionalProperties keeps
+                    // nothing, unless it preserves unknown fields.
+                    None if !preserve && (declared || schema.get("type").is_some()) => {
+                        map.remove(&key);
+                    }
+                    None => {}
+                }
+            }
+            required(schema, v, path, errors);
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    check(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "required": ["host"],
+                    "properties": {
+                        "host": {"type": "string"},
+                        "replicas": {"type": "integer"},
+                        "mode": {"type": "string", "enum": ["A", "B"]},
+                        "port": {"x-kubernetes-int-or-string": true},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                        "items": {"type": "array", "items": {"type": "object",
+                            "properties": {"n": {"type": "integer"}}}},
+                        "maybe": {"type": "string", "nullable": true}
+                    }
+                },
+                "status": {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+            }
+        })
+    }
+
+    #[test]
+    fn valid_object_is_pruned_of_unknown_fields() {
+        let mut o = json!({
+            "apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "whatever": 1},
+            "spec": {"host": "h", "replicas": 2, "mode": "A", "port": "http", "unknown": 1,
+                     "labels": {"a": "b"}, "free": {"anything": [1]},
+                     "items": [{"n": 1, "junk": true}], "maybe": null},
+            "extra": true
+        });
+        assert_eq!(validate_and_prune(&schema(), &mut o), Vec::<String>::new());
+        assert!(o.get("extra").is_none());
+        assert!(o["spec"].get("unknown").is_none());
+        assert!(o["spec"]["items"][0].get("junk").is_none());
+        assert_eq!(o["spec"]["free"]["anything"], json!([1]));
+        assert_eq!(o["metadata"]["whatever"], 1);
+    }
+
+    #[test]
+    fn type_required_and_enum_errors_are_reported() {
+        let mut o = json!({"spec": {"replicas": "two", "mode": "C", "port": 1.5,
+                                    "labels": {"a": 1}}});
+        let errors = validate_and_prune(&schema(), &mut o);
+        let text = errors.join("\n");
+        assert!(text.contains("spec.replicas: Invalid value"), "{text}");
+        assert!(
+            text.contains("spec.mode: Unsupported value: \"C\""),
+            "{text}"
+        );
+        assert!(text.contains("spec.port: Invalid value"), "{text}");
+        assert!(text.contains("spec.labels.a: Invalid value"), "{text}");
+        assert!(text.contains("spec.host: Required value"), "{text}");
+        assert_eq!(errors.len(), 5);
+    }
+}
