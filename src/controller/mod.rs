@@ -1,1 +1,3 @@
 //! One reconciler per kind plus the shared context, error policy, finalizers and events.
+
+pub mod deviceid;
