@@ -1,6 +1,7 @@
 //! One reconciler per kind plus the shared context, error policy, finalizers and events.
 
 pub mod clients;
+pub mod deviceid;
 pub mod patch;
 pub mod tenant;
 
