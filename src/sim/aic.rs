@@ -1,1 +1,0 @@
-//! PingOne AIC tenant simulator (`certrotor sim aic`).
