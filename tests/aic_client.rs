@@ -120,12 +120,12 @@ async fn server_errors_are_retried_for_reads_not_for_creates() {
     let sim = sim().await;
     let (client, recorder) = client_for(&sim);
     client.list_certificates().await.unwrap();
-    sim.knobs().fail_next_5xx(2);
+    sim.knobs().set_fail_next_5xx(2);
     client.list_certificates().await.unwrap();
     let outcomes: Vec<_> = recorder.0.lock().unwrap().iter().filter(|(op, _)| op == "list_certificates").map(|(_, o)| o.clone()).collect();
     assert_eq!(outcomes, ["ok", "TenantServerError", "TenantServerError", "ok"]);
 
-    sim.knobs().fail_next_empty_500(1);
+    sim.knobs().set_fail_next_empty_500(1);
     let (chain, key) = leaf(&["b.example.com"]);
     match client.create_certificate(&chain, &key, false).await {
         Err(AicError::Server { status: 500, .. }) => {}
@@ -138,16 +138,16 @@ async fn rate_limits_honour_retry_after() {
     let sim = sim().await;
     let (client, _) = client_for(&sim);
     client.list_certificates().await.unwrap();
-    sim.knobs().rate_limit_next(1, 1);
+    sim.knobs().set_rate_limit_next(1, 1);
     let started = Instant::now();
     client.list_certificates().await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
     // A create is retried on 429: the tenant refused it, so it certainly did not happen.
-    sim.knobs().rate_limit_next(1, 1);
+    sim.knobs().set_rate_limit_next(1, 1);
     let (chain, key) = leaf(&["c.example.com"]);
     client.create_certificate(&chain, &key, false).await.unwrap();
     // A Retry-After longer than the client waits inside one call goes back to the caller.
-    sim.knobs().rate_limit_next(1, 120);
+    sim.knobs().set_rate_limit_next(1, 120);
     match client.list_certificates().await {
         Err(AicError::RateLimited { retry_after }) => assert_eq!(retry_after, Some(Duration::from_secs(120))),
         other => panic!("{other:?}"),

@@ -29,7 +29,7 @@ async fn local_certificate_becomes_ready() {
     assert_eq!(status.fingerprint.as_deref(), Some(fingerprint(&chain).as_str()));
     assert_eq!((status.active, status.live), (Some(true), Some(true)));
     assert_eq!(status.subject_alternative_names, ["login.example.com"]);
-    let ours: Vec<_> = env.aic.certificates().into_iter().filter(|c| !c.created_by_support).collect();
+    let ours: Vec<_> = env.aic.certificates().into_iter().filter(|c| !c.created_by_support && !c.deleted).collect();
     assert_eq!(ours.len(), 1, "exactly one upload");
     assert!(ours[0].active && ours[0].live);
     let calls = env.tenant_calls();
@@ -91,7 +91,7 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
     let watcher = tokio::spawn(async move {
         let mut gaps = 0;
         for _ in 0..400 {
-            if !sim.certificates().iter().any(|c| !c.created_by_support && c.live) {
+            if !sim.certificates().iter().any(|c| !c.created_by_support && !c.deleted && c.live) {
                 gaps += 1;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -109,7 +109,7 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
         .await;
     let second = t.status.unwrap().certificate_id.unwrap();
     assert_ne!(first, second);
-    assert!(env.aic.certificates().iter().all(|c| c.id != first), "old certificate deleted");
+    assert!(env.aic.certificates().iter().all(|c| c.id != first || c.deleted), "old certificate deleted");
     assert_eq!(watcher.await.unwrap(), 0, "the domain was without a live certificate of ours");
     let events = env.events("login").await;
     assert!(events.contains(&("Normal".into(), "Deactivated".into())), "{events:?}");
@@ -156,7 +156,7 @@ async fn crash_after_upload_adopts_instead_of_duplicating() {
     env.start_operator();
     let t = env.wait_ready("login").await;
     assert_eq!(t.status.unwrap().certificate_id.as_deref(), Some(uploaded.id.as_str()));
-    let ours = env.aic.certificates().into_iter().filter(|c| !c.created_by_support).count();
+    let ours = env.aic.certificates().into_iter().filter(|c| !c.created_by_support && !c.deleted).count();
     assert_eq!(ours, 1, "no duplicate upload");
     assert!(env.events("login").await.contains(&("Normal".into(), "Adopted".into())));
     env.shutdown().await;
@@ -187,7 +187,7 @@ spec:
     env.start_operator();
     let t = env.wait_for("idp", 20, "CSR recorded", |t| t.status.as_ref().is_some_and(|s| s.csr.is_some())).await;
     assert_eq!(t.status.unwrap().csr.unwrap().id, made.id);
-    assert_eq!(env.aic.csrs().len(), 1, "no second CSR");
+    assert_eq!(env.aic.csrs().iter().filter(|c| !c.deleted).count(), 1, "no second CSR");
     env.shutdown().await;
 }
 
@@ -205,7 +205,7 @@ async fn ready_then_delete(policy: &str) -> (Env, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_retain_leaves_the_certificate_live() {
     let (env, id) = ready_then_delete("Retain").await;
-    let c = env.aic.certificates().into_iter().find(|c| c.id == id).expect("kept");
+    let c = env.aic.certificates().into_iter().find(|c| c.id == id && !c.deleted).expect("kept");
     assert!(c.active && c.live);
     env.shutdown().await;
 }
@@ -213,7 +213,7 @@ async fn delete_with_retain_leaves_the_certificate_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_deactivate_leaves_it_inactive() {
     let (env, id) = ready_then_delete("Deactivate").await;
-    let c = env.aic.certificates().into_iter().find(|c| c.id == id).expect("kept");
+    let c = env.aic.certificates().into_iter().find(|c| c.id == id && !c.deleted).expect("kept");
     assert!(!c.active);
     env.shutdown().await;
 }
@@ -221,7 +221,7 @@ async fn delete_with_deactivate_leaves_it_inactive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_delete_removes_it_riding_out_the_500_window() {
     let (env, id) = ready_then_delete("Delete").await;
-    assert!(env.aic.certificates().iter().all(|c| c.id != id), "deleted");
+    assert!(env.aic.certificates().iter().all(|c| c.id != id || c.deleted), "deleted");
     assert!(env.aic.certificates().iter().any(|c| c.created_by_support), "support's certificate untouched");
     env.shutdown().await;
 }
