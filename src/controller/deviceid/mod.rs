@@ -1,1 +1,3 @@
 pub mod budget;
+pub mod inputs;
+pub mod plan;
