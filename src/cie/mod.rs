@@ -299,11 +299,44 @@ fn api_key_header(api_key: &str) -> Result<HeaderValue, CieError> {
 
 fn transport_error(e: &reqwest::Error) -> CieError {
     // Connect errors (including a connect timeout) happen before the request is written.
-    if e.is_connect() {
+    if e.is_connect() || handshake_refused(e) {
         CieError::Connect(error_chain(e))
     } else {
         CieError::Transport(error_chain(e))
     }
+}
+
+/// Whether the server refused our certificate with a fatal TLS alert. With TLS 1.3 the client
+/// considers the handshake done before the server has checked its certificate, so the refusal
+/// surfaces as an error on the request rather than on connect — but nothing was processed.
+fn handshake_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls
+            && matches!(
+                alert,
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied
+                    | A::CertificateRequired
+                    | A::HandshakeFailure
+            )
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// An error and its sources on one line: reqwest's top-level message alone ("error sending
