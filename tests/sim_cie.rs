@@ -451,3 +451,48 @@ async fn onboarding_bundle_holds_working_credentials() {
     from_files.refresh_token().await.unwrap();
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn latency_knob_delays_answers_and_a_client_timeout_may_have_refreshed() {
+    let sim = start().await;
+    sim.knobs().set_latency(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    onboarding_client(&sim).refresh_token().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let (_, csr) = key_and_csr("acme");
+    let err = onboarding_client(&sim)
+        .with_request_timeout(Duration::from_millis(100))
+        .refresh_certificate(&csr, "acme-1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "TransportError", "{err:?}");
+    assert!(err.outcome_may_have_happened());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_expire_by_the_simulated_clock() {
+    let config = CieSimConfig {
+        token_validity: HOUR,
+        ..CieSimConfig::default()
+    };
+    let sim = CieSim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let refreshed = onboarding_client(&sim).refresh_token().await.unwrap();
+    let expiry: jiff::Timestamp = refreshed.expiry.parse().unwrap();
+    let lifetime = expiry.duration_since(sim.clock().now());
+    assert!(
+        lifetime <= jiff::SignedDuration::from_hours(1),
+        "{lifetime:?}"
+    );
+
+    sim.clock().advance(2 * HOUR);
+    let err = onboarding_client(&sim).refresh_token().await.unwrap_err();
+    let CieError::Unauthorized { message, .. } = &err else {
+        panic!("expected 401, got {err:?}");
+    };
+    assert!(message.contains("apiKey"), "{message}");
+    sim.shutdown().await;
+}

@@ -85,6 +85,7 @@ pub struct CieClient {
     endpoint: String,
     api_key: HeaderValue,
     refresh_method: RefreshMethod,
+    request_timeout: Duration,
 }
 
 impl fmt::Debug for CieClient {
@@ -92,6 +93,7 @@ impl fmt::Debug for CieClient {
         f.debug_struct("CieClient")
             .field("endpoint", &self.endpoint)
             .field("refresh_method", &self.refresh_method)
+            .field("request_timeout", &self.request_timeout)
             .field("api_key", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -160,7 +162,6 @@ impl CieClient {
             .identity(identity)
             .https_only(true)
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             // Calls are hours apart; a fresh connection per call avoids stale pooled ones.
@@ -186,12 +187,20 @@ impl CieClient {
             endpoint,
             api_key,
             refresh_method: RefreshMethod::default(),
+            request_timeout: REQUEST_TIMEOUT,
         })
     }
 
     /// Send `cert:refresh` with this method instead of the documented GET.
     pub fn with_refresh_method(mut self, method: RefreshMethod) -> Self {
         self.refresh_method = method;
+        self
+    }
+
+    /// A shorter bound on each call than [`REQUEST_TIMEOUT`]; longer ones are capped, because the
+    /// budget's margin assumes a call reaches the vendor within it.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.min(REQUEST_TIMEOUT);
         self
     }
 
@@ -231,6 +240,7 @@ impl CieClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CieError> {
         let mut response = request
             .header("apiKey", self.api_key.clone())
+            .timeout(self.request_timeout)
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
