@@ -37,9 +37,9 @@
 //!    [`next_allowed`] reports when that will be.
 //!
 //! Limits of any pure rule, stated so nobody relies on more: if status is lost (the resource is
-//! recreated) the history restarts empty and the burst looks unused — the vendor then answers
-//! 429, which [`after_rate_limited`] turns into an hour's wait, but no eviction follows from it;
-//! and if the clock is stepped *forward* by more than [`MARGIN`] beyond the time base the attempts
+//! recreated) the history restarts empty and the burst looks unused — whatever the vendor's own
+//! count forbids is then refused with 429 (a wasted attempt, not an eviction), which
+//! [`after_rate_limited`] turns into an hour's wait; and if the clock is stepped *forward* by more than [`MARGIN`] beyond the time base the attempts
 //! were recorded in, they look older than they are — nothing in `(history, now)` can reveal that.
 //!
 //! 429 and 409 add waits on top of the budget: [`after_rate_limited`] and [`conflict_backoff`];
