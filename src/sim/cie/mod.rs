@@ -6,7 +6,7 @@
 //! plus an `apiKey` header matching a current token. Per tenant+vendor (the simulator is one):
 //! at most two valid certificates and two tokens, the oldest evicted and named; `cert:refresh`
 //! 3 attempts then 1 per hour, `token:refresh` 5 then 2 per hour, else 429 `{code, message}`
-//! (the counting rule is in [`tenant`]). Fault knobs: 409, 5xx, a lost response, latency.
+//! (the counting rule is in `tenant.rs`). Fault knobs: 409, 5xx, a lost response, latency.
 //!
 //! Order of checks in a refresh: client certificate, `apiKey`, request body (400 does not count
 //! as an attempt), budget (429), then the fault knobs (409 and 5xx do count), then the refresh.
