@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use certrotor::cie::{CieClient, CieError, RefreshMethod};
 use certrotor::pki::{self, CsrSubject, KeyAlgorithm};
-use certrotor::sim::cie::{CieSim, CieSimConfig, ONBOARDING_CERT_NAME, Operation};
+use certrotor::sim::cie::{CieSim, CieSimConfig, ONBOARDING_CERT_NAME, Operation, run_until};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -495,4 +495,45 @@ async fn tokens_expire_by_the_simulated_clock() {
     };
     assert!(message.contains("apiKey"), "{message}");
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sim_command_writes_a_bundle_that_works_and_stops_on_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let command = tokio::spawn(run_until(
+        "127.0.0.1:0".parse().unwrap(),
+        CieSimConfig::default(),
+        Some(dir.path().to_path_buf()),
+        async move {
+            let _ = stopped.await;
+            Ok(())
+        },
+    ));
+    let secret_path = dir.path().join("onboarding-secret.yaml");
+    for _ in 0..250 {
+        if secret_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let client = CieClient::new(
+        &read("endpoint"),
+        &read("tls.crt"),
+        &read("tls.key"),
+        &read("apiKey"),
+        Some(&read("ca.crt")),
+    )
+    .unwrap();
+    client.refresh_token().await.unwrap();
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), command)
+        .await
+        .expect("the command stops")
+        .unwrap()
+        .unwrap();
+    let err = client.refresh_token().await.unwrap_err();
+    assert_eq!(err.reason(), "ConnectFailed", "{err:?}");
 }

@@ -412,6 +412,16 @@ pub async fn run_cli(
     config: CieSimConfig,
     onboarding_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    run_until(listen, config, onboarding_out, wait_for_stop_signal()).await
+}
+
+/// [`run_cli`] with the stop signal given, so the command's behaviour can be tested.
+pub async fn run_until(
+    listen: SocketAddr,
+    config: CieSimConfig,
+    onboarding_out: Option<PathBuf>,
+    stop: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let sim = CieSim::start(listen, config).await?;
     println!("CIE Device-ID simulator listening on {}", sim.url());
     match &onboarding_out {
@@ -424,9 +434,9 @@ pub async fn run_cli(
         }
         None => println!("no onboarding bundle written (pass an output directory to get one)"),
     }
-    wait_for_stop_signal().await?;
+    let stopped = stop.await;
     sim.shutdown().await;
-    Ok(())
+    stopped
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {
