@@ -97,6 +97,7 @@ pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Resul
         events: vec![],
         now: Timestamp::now(),
         refreshed: false,
+        output_valid: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -120,6 +121,8 @@ struct Run<'a> {
     now: Timestamp,
     /// A certificate was received in this reconcile.
     refreshed: bool,
+    /// The output Secret holds a valid certificate (read at the start).
+    output_valid: bool,
 }
 
 impl Run<'_> {
@@ -140,6 +143,10 @@ impl Run<'_> {
             return Ok(self.stall(invalid));
         }
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+        self.output_valid = output
+            .as_ref()
+            .is_some_and(|o| inputs::is_valid(&o.info, self.now));
         let onboarding_name = &spec.onboarding_secret_ref.name;
         let onboarding_secret = secrets.get_opt(onboarding_name).await?;
         let onboarding = match inputs::read_onboarding(onboarding_name, onboarding_secret.as_ref())
@@ -159,7 +166,6 @@ impl Run<'_> {
                 format!("{older} already uses the same endpoint and onboarding certificate; two resources refreshing with one credential would evict each other's certificates. Onboard a separate credential for this one"),
             )));
         }
-        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
         for step in 0..MAX_STEPS {
             if step > 0 {
                 self.now = Timestamp::now();
@@ -335,6 +341,7 @@ impl Run<'_> {
                         Err(kube::Error::Api(status)) if status.code == 404 => {}
                         Err(e) => return Err(e.into()),
                     }
+                    plan::describe_published(&mut self.status, spec, Some(issued));
                     let deleted = refresh.deleted_cert_name.clone();
                     self.status.deleted_cert_name = Some(deleted.clone());
                     self.status.cert_name = Some(spec.cert_name.clone());
@@ -380,7 +387,7 @@ impl Run<'_> {
                 }
                 self.events.push((
                     EventType::Warning,
-                    static_error_reason(&e),
+                    e.reason(),
                     format!("cert:refresh ({reason}) failed: {e}"),
                 ));
                 outcome
@@ -460,7 +467,7 @@ impl Run<'_> {
             Err(e) => {
                 self.events.push((
                     EventType::Warning,
-                    static_error_reason(&e),
+                    e.reason(),
                     format!("token:refresh failed: {e}"),
                 ));
                 match e {
@@ -558,9 +565,12 @@ impl Run<'_> {
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
-        let ready = api::is_true(&self.status.conditions, api::READY)
-            && invalid.reason == "SharedOnboardingCredentials";
-        self.conclude(Verdict::stalled(ready, invalid.reason, invalid.message));
+        // Ready says whether a valid certificate is in the output Secret, stalled or not.
+        self.conclude(Verdict::stalled(
+            self.output_valid,
+            invalid.reason,
+            invalid.message,
+        ));
         // Fixing the input changes the resource or a watched Secret, which reconciles at once.
         Action::requeue(Duration::from_secs(600))
     }
@@ -634,10 +644,6 @@ fn csr_subject(spec: &api::DeviceIdCredentialSpec) -> CsrSubject {
         country: s.country.clone(),
         ..Default::default()
     }
-}
-
-fn static_error_reason(e: &CieError) -> &'static str {
-    e.reason()
 }
 
 /// Event reasons for stalls come from this fixed set.
