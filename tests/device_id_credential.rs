@@ -395,9 +395,10 @@ async fn lost_response_before_anything_is_published_recovers_within_the_budget()
     env.sim.knobs().set_drop_next_response(1);
     env.start_operator();
     env.apply("acme", "").await;
-    // No certificate published yet: nothing to protect, so the budget's next slot retries.
+    // No certificate published yet: nothing to protect, so the call is made again once the
+    // budget and the pause after a failure (30 s) allow.
     let d = env
-        .wait_for("acme", 30, "Ready after a lost response", is_ready)
+        .wait_for("acme", 60, "Ready after a lost response", is_ready)
         .await;
     let refreshes = env.cert_refreshes();
     assert_eq!(refreshes.len(), 2, "{refreshes:?}");
@@ -406,6 +407,12 @@ async fn lost_response_before_anything_is_published_recovers_within_the_budget()
     assert!(env.sim.is_valid(&crt));
     assert_eq!(status(&d).unconfirmed_refresh, None);
     assert_eq!(status(&d).attempts.len(), 2, "both calls recorded");
+    let calls = env.sim.calls();
+    let gap = calls[1].at.duration_since(calls[0].at);
+    assert!(
+        gap >= jiff::SignedDuration::from_secs(29),
+        "retried after {gap:?}"
+    );
     assert_eq!(env.sim.count_429(), 0);
     report(
         "lost response then recovery (nothing published yet)",
@@ -440,7 +447,7 @@ async fn lost_renewal_defers_further_refreshes_until_a_person_asks() {
     // A person asks again: one more refresh, which settles the unknown outcome.
     env.annotate("acme", api::RENEW_ANNOTATION, "2").await;
     let d = env
-        .wait_for("acme", 30, "refreshed after the person's request", |d| {
+        .wait_for("acme", 60, "refreshed after the person's request", |d| {
             status(d).unconfirmed_refresh.is_none()
                 && status(d).last_renew_request.as_deref() == Some("2")
                 && is_ready(d)
