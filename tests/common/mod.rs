@@ -30,7 +30,7 @@ pub struct Env {
 
 pub fn fast_options() -> Options {
     Options {
-        poll: PollPolicy { min: Duration::from_millis(100), max: Duration::from_millis(400), resync: Duration::from_secs(30) },
+        poll: PollPolicy { min: Duration::from_millis(100), max: Duration::from_millis(400), resync: Duration::from_secs(600) },
         failure_backoff_base: Duration::from_millis(200),
         failure_backoff_max: Duration::from_secs(2),
         ..Default::default()
@@ -48,6 +48,7 @@ pub fn sim_config() -> AicSimConfig {
 impl Env {
     /// Stand-in + CRDs + AIC simulator + credentials Secret; the operator is not started yet.
     pub async fn new(config: AicSimConfig) -> Env {
+        certrotor::telemetry::init(certrotor::telemetry::LogFormat::Text);
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let standin = StandIn::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let client = standin.client();
@@ -163,7 +164,7 @@ impl Env {
 
     /// Calls to `/environment/*` and the token endpoint, as "METHOD route".
     pub fn tenant_calls(&self) -> Vec<String> {
-        self.aic.calls().into_iter().map(|c| format!("{} {}", c.method, c.route)).collect()
+        self.aic.calls().into_iter().map(|c| c.route).collect()
     }
 
     pub async fn events(&self, name: &str) -> Vec<(String, String)> {

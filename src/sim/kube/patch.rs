@@ -139,7 +139,11 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
                 add(&mut work, path, v)?;
             }
             "test" => {
-                if work.pointer(path) != Some(&value()?) {
+                // Like the API server: a missing path tests equal to `null` (kube's
+                // finalizer helper relies on it when adding the first finalizer).
+                let expected = value()?;
+                let actual = work.pointer(path).unwrap_or(&Value::Null);
+                if actual != &expected {
                     return Err(format!("test operation failed at {path:?}"));
                 }
             }
@@ -277,6 +281,19 @@ mod tests {
             d,
             json!({"metadata": {"finalizers": ["b", "c"], "labels": {}}, "x": 2, "z": 2})
         );
+    }
+
+    #[test]
+    fn test_of_a_missing_path_equals_null() {
+        let mut d = json!({"metadata": {}});
+        json_patch(
+            &mut d,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]),
+        )
+        .unwrap();
+        assert_eq!(d["metadata"]["finalizers"], json!(["f"]));
+        assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/metadata/nope", "value": 1}])).is_err());
     }
 
     #[test]
