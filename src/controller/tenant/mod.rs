@@ -348,12 +348,15 @@ impl Run<'_> {
                         "completed CSR has no certificateID".into(),
                     ))
                 })?;
-                let remote = client.get_certificate(&id).await?.ok_or_else(|| {
-                    StepError::Tenant(AicError::InvalidResponse(format!(
-                        "certificate {id} from CSR {csr_id} not found"
-                    )))
-                })?;
-                tenant.insert(id.clone(), remote);
+                // A certificate made from a CSR starts inactive; the next step activates it and
+                // gets the tenant's full view back, so no extra GET is needed here.
+                tenant.insert(
+                    id.clone(),
+                    Certificate {
+                        id: id.clone(),
+                        ..Default::default()
+                    },
+                );
                 if let Some(p) = self.status.pending.as_mut() {
                     p.certificate_id = Some(id);
                     p.fingerprint = Some(cert.leaf.fingerprint.clone());

@@ -293,7 +293,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d["metadata"]["finalizers"], json!(["f"]));
-        assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/metadata/nope", "value": 1}])).is_err());
+        assert!(
+            json_patch(
+                &mut d,
+                &json!([{"op": "test", "path": "/metadata/nope", "value": 1}])
+            )
+            .is_err()
+        );
     }
 
     #[test]
