@@ -39,8 +39,8 @@ pub enum CieError {
         code: String,
         message: String,
     },
-    /// No connection was made (DNS, TCP or TLS handshake failed, or the connect timed out): the
-    /// request was certainly not processed.
+    /// No connection was made (DNS, TCP or TLS handshake failed — including the server refusing
+    /// our certificate — or the connect timed out): the request was certainly not processed.
     #[error("could not connect: {0}")]
     Connect(String),
     /// The request may have been sent but no (complete) response came back, including timeouts:

@@ -85,6 +85,7 @@ pub struct CieClient {
     endpoint: String,
     api_key: HeaderValue,
     refresh_method: RefreshMethod,
+    request_timeout: Duration,
 }
 
 impl fmt::Debug for CieClient {
@@ -92,6 +93,7 @@ impl fmt::Debug for CieClient {
         f.debug_struct("CieClient")
             .field("endpoint", &self.endpoint)
             .field("refresh_method", &self.refresh_method)
+            .field("request_timeout", &self.request_timeout)
             .field("api_key", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -160,7 +162,6 @@ impl CieClient {
             .identity(identity)
             .https_only(true)
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             // Calls are hours apart; a fresh connection per call avoids stale pooled ones.
@@ -186,12 +187,20 @@ impl CieClient {
             endpoint,
             api_key,
             refresh_method: RefreshMethod::default(),
+            request_timeout: REQUEST_TIMEOUT,
         })
     }
 
     /// Send `cert:refresh` with this method instead of the documented GET.
     pub fn with_refresh_method(mut self, method: RefreshMethod) -> Self {
         self.refresh_method = method;
+        self
+    }
+
+    /// A shorter bound on each call than [`REQUEST_TIMEOUT`]; longer ones are capped, because the
+    /// budget's margin assumes a call reaches the vendor within it.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.min(REQUEST_TIMEOUT);
         self
     }
 
@@ -231,6 +240,7 @@ impl CieClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CieError> {
         let mut response = request
             .header("apiKey", self.api_key.clone())
+            .timeout(self.request_timeout)
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
@@ -299,11 +309,44 @@ fn api_key_header(api_key: &str) -> Result<HeaderValue, CieError> {
 
 fn transport_error(e: &reqwest::Error) -> CieError {
     // Connect errors (including a connect timeout) happen before the request is written.
-    if e.is_connect() {
+    if e.is_connect() || handshake_refused(e) {
         CieError::Connect(error_chain(e))
     } else {
         CieError::Transport(error_chain(e))
     }
+}
+
+/// Whether the server refused our certificate with a fatal TLS alert. With TLS 1.3 the client
+/// considers the handshake done before the server has checked its certificate, so the refusal
+/// surfaces as an error on the request rather than on connect — but nothing was processed.
+fn handshake_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls
+            && matches!(
+                alert,
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied
+                    | A::CertificateRequired
+                    | A::HandshakeFailure
+            )
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// An error and its sources on one line: reqwest's top-level message alone ("error sending

@@ -37,9 +37,9 @@
 //!    [`next_allowed`] reports when that will be.
 //!
 //! Limits of any pure rule, stated so nobody relies on more: if status is lost (the resource is
-//! recreated) the history restarts empty and the burst looks unused — the vendor then answers
-//! 429, which [`after_rate_limited`] turns into an hour's wait, but no eviction follows from it;
-//! and if the clock is stepped *forward* by more than [`MARGIN`] beyond the time base the attempts
+//! recreated) the history restarts empty and the burst looks unused — whatever the vendor's own
+//! count forbids is then refused with 429 (a wasted attempt, not an eviction), which
+//! [`after_rate_limited`] turns into an hour's wait; and if the clock is stepped *forward* by more than [`MARGIN`] beyond the time base the attempts
 //! were recorded in, they look older than they are — nothing in `(history, now)` can reveal that.
 //!
 //! 429 and 409 add waits on top of the budget: [`after_rate_limited`] and [`conflict_backoff`];
@@ -112,7 +112,9 @@ pub fn next_allowed(limits: &Limits, attempts: &[Timestamp], now: Timestamp) -> 
     // Future-dated attempts keep their time: they count at least as "now" (see the module docs).
     let mut newest_first = attempts.to_vec();
     newest_first.sort_unstable_by(|a, b| b.cmp(a));
-    let latest = newest_first[0];
+    let Some(&latest) = newest_first.first() else {
+        return now; // a zero-sized burst and no attempts yet
+    };
     let mut earliest = plus(latest, spacing);
     // The rolling window ending at `t` holds fewer than `per_window` attempts once the
     // `per_window`-th newest has left it.
@@ -342,6 +344,12 @@ mod tests {
     fn saturates_at_the_end_of_time() {
         let late = vec![Timestamp::MAX; 3];
         assert_eq!(next_allowed(&CERT_REFRESH, &late, at(0)), Timestamp::MAX);
+        let no_burst = Limits {
+            burst: 0,
+            ..CERT_REFRESH
+        };
+        assert_eq!(next_allowed(&no_burst, &[], at(0)), at(0));
+        assert_eq!(next_allowed(&no_burst, &ats(&[0]), at(1)), at(H + M));
         let never = Limits {
             per_window: 0,
             ..CERT_REFRESH

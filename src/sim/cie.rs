@@ -1,1 +1,0 @@
-//! Prisma Access CIE Third-Party Device-ID simulator (`certrotor sim cie`).
