@@ -62,6 +62,14 @@ enum SimCommand {
         #[arg(long)]
         credentials_out: Option<std::path::PathBuf>,
     },
+    /// Prisma Access CIE Third-Party Device-ID simulator (HTTPS, client certificates required).
+    Cie {
+        #[arg(long, env = "CERTROTOR_SIM_LISTEN", default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Write the onboarding bundle (tls.crt, tls.key, apiKey, ca.crt, a Secret manifest) here.
+        #[arg(long)]
+        onboarding_out: Option<std::path::PathBuf>,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -101,6 +109,17 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             certrotor::sim::aic::run_cli(listen, config, credentials_out).await?;
+        }
+        Command::Sim(SimCommand::Cie {
+            listen,
+            onboarding_out,
+        }) => {
+            certrotor::sim::cie::run_cli(
+                listen,
+                certrotor::sim::cie::CieSimConfig::default(),
+                onboarding_out,
+            )
+            .await?;
         }
     }
     Ok(())
