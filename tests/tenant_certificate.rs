@@ -689,3 +689,88 @@ async fn settled_resource_is_quiet_one_event_per_change() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_mode_starts_a_new_csr_when_renewal_is_due_and_rotates() {
+    let env = Env::start(sim_config()).await;
+    let yaml = with_url(
+        "apiVersion: certrotor.io/v1alpha1
+kind: TenantCertificate
+metadata: {name: idp, namespace: default}
+spec:
+  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
+  keySource: Tenant
+  secretRef: {name: idp-tls}
+  renewBefore: 20s
+  revisionHistoryLimit: 0
+  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}
+",
+        &env,
+    );
+    env.apply(&yaml).await;
+    let sign = |request: &str| {
+        let now = jiff::Timestamp::now();
+        env.ca
+            .sign_csr(
+                request,
+                now - jiff::SignedDuration::from_secs(5),
+                now + jiff::SignedDuration::from_secs(25),
+            )
+            .unwrap()
+    };
+    let t = env
+        .wait_for("idp", 20, "CSR", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
+    let first_csr = t.status.unwrap().csr.unwrap();
+    env.put_secret(
+        "idp-tls",
+        [("tls.crt".to_string(), sign(&first_csr.request))].into(),
+    )
+    .await;
+    let t = env.wait_ready("idp").await;
+    let first_id = t.status.as_ref().unwrap().certificate_id.clone().unwrap();
+    assert!(t.status.unwrap().renewal_time.is_some());
+
+    // 25 s lifetime, renewBefore 20 s: a new CSR about 5 s after issue, while the first stays live.
+    let t = env
+        .wait_for("idp", 20, "renewal CSR", |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.csr.as_ref())
+                .is_some_and(|c| c.id != first_csr.id)
+        })
+        .await;
+    assert!(
+        is_ready(&t),
+        "still Ready on the old certificate while the new CSR waits"
+    );
+    assert_eq!(
+        t.status.as_ref().unwrap().pending.as_ref().unwrap().reason,
+        "Renewal"
+    );
+    let second_csr = t.status.unwrap().csr.unwrap();
+    env.put_secret(
+        "idp-tls",
+        [("tls.crt".to_string(), sign(&second_csr.request))].into(),
+    )
+    .await;
+    let t = env
+        .wait_for("idp", 20, "rotated", |t| {
+            t.status.as_ref().is_some_and(|s| {
+                s.certificate_id.as_deref() != Some(first_id.as_str())
+                    && s.previous_certificate_ids.is_empty()
+            }) && is_ready(t)
+        })
+        .await;
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == first_id && c.deleted),
+        "old one deleted"
+    );
+    assert!(t.status.unwrap().pending.is_none());
+    env.shutdown().await;
+}

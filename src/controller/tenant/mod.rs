@@ -45,11 +45,19 @@ pub async fn reconcile(obj: Arc<TenantCertificate>, ctx: Arc<Context>) -> Result
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupPending(why)) => {
+            Error::CleanupPending(why)
+        }
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 /// Only Kubernetes API failures land here; back off and try again.
-pub fn error_policy(obj: Arc<TenantCertificate>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<TenantCertificate>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::CleanupPending(_) = err {
+        return Action::requeue(ctx.options.poll.max);
+    }
     tracing::warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, "reconcile error");
     Action::requeue(Duration::from_secs(5 + fastrand::u64(0..5)))
 }
@@ -701,7 +709,9 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
                 format!("deletionPolicy {policy:?}: waiting for certificates to stop being live"),
             ));
             run.finish().await?;
-            Err(Error::Finalizer("cleanup in progress".into()))
+            Err(Error::CleanupPending(
+                "waiting for certificates to stop being live".into(),
+            ))
         }
         Err(e) => {
             run.tenant_failure(e);
