@@ -53,7 +53,7 @@ impl Env {
     /// Stand-in + CRDs + AIC simulator + credentials Secret; the operator is not started yet.
     pub async fn new(config: AicSimConfig) -> Env {
         if std::env::var_os("RUST_LOG").is_some() {
-            certrotor::telemetry::init(certrotor::telemetry::LogFormat::Text);
+            certrotor::telemetry::init(certrotor::telemetry::LogFormat::Text, "info");
         }
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let standin = StandIn::start("127.0.0.1:0".parse().unwrap())
