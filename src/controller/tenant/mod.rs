@@ -131,6 +131,9 @@ impl Run<'_> {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
+        // The tenant answers again: the failure streak is over.
+        self.status.failures = None;
+        self.status.next_attempt_time = None;
         let renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
