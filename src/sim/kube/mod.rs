@@ -68,7 +68,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             bookmark_interval: Duration::from_secs(30),
-            history_limit: 10_000,
+            history_limit: 4096,
         }
     }
 }
