@@ -993,3 +993,63 @@ async fn kubeconfig_gives_a_working_client() {
     assert!(namespaces.get("default").await.is_ok());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn project_crds_are_served_with_schema_defaults() {
+    use certrotor::api::{DeviceIdCredential, TenantCertificate};
+    let s = standin().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(s.client());
+    for crd in certrotor::api::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        s.client(),
+        "default",
+        &ApiResource::erase::<DeviceIdCredential>(&()),
+    );
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "certrotor.io/v1alpha1", "kind": "DeviceIdCredential",
+        "metadata": {"name": "vendor"},
+        "spec": {"endpoint": "https://cie.example", "onboardingSecretRef": {"name": "onb"},
+                 "certName": "vendor-cert", "secretName": "vendor-tls", "renewBefore": null,
+                 "refreshToken": null},
+    }))
+    .unwrap();
+    let created = dynamic.create(&PostParams::default(), &obj).await.unwrap();
+    assert_eq!(
+        created.data["spec"]["privateKey"]["algorithm"], "ECDSA",
+        "defaulted"
+    );
+    // Nulls stay where the schema allows them, and are pruned then defaulted elsewhere.
+    assert_eq!(created.data["spec"]["renewBefore"], serde_json::Value::Null);
+    assert_eq!(created.data["spec"]["refreshToken"], false);
+    let typed: Api<DeviceIdCredential> = Api::default_namespaced(s.client());
+    assert_eq!(
+        typed.get("vendor").await.unwrap().spec.cert_name,
+        "vendor-cert"
+    );
+
+    let mut missing = obj.clone();
+    missing.data["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("endpoint");
+    missing.metadata.name = Some("broken".into());
+    let err = dynamic
+        .create(&PostParams::default(), &missing)
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).0, 422);
+
+    let tcerts: Api<TenantCertificate> = Api::default_namespaced(s.client());
+    assert!(
+        tcerts
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let discovery = kube::Discovery::new(s.client()).run().await.unwrap();
+    assert!(discovery.has_group("certrotor.io"));
+}
