@@ -1053,3 +1053,33 @@ async fn project_crds_are_served_with_schema_defaults() {
     let discovery = kube::Discovery::new(s.client()).run().await.unwrap();
     assert!(discovery.has_group("certrotor.io"));
 }
+
+#[tokio::test]
+async fn openapi_v3_index_points_at_group_versions() {
+    let s = standin().await;
+    with_widgets(&s).await;
+    let http = reqwest::Client::new();
+    let index: serde_json::Value = http
+        .get(format!("{}/openapi/v3", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = index["paths"]["apis/test.certrotor.io/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("the CRD's group/version is listed");
+    let doc: serde_json::Value = http
+        .get(format!("{}{url}", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let patch =
+        &doc["paths"]["/apis/test.certrotor.io/v1/namespaces/{namespace}/widgets/{name}"]["patch"];
+    assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Widget");
+    assert!(doc["components"]["schemas"]["io.certrotor.test.v1.Widget"].is_object());
+}

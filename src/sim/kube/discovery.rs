@@ -81,6 +81,15 @@ pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<R
             &resource_list(&resources, group, version)?,
             "application/json",
         ),
+        ["openapi", "v3"] => json(&openapi_index(&resources), "application/json"),
+        ["openapi", "v3", "api", version] => json(
+            &openapi_group_version(&resources, "", version)?,
+            "application/json",
+        ),
+        ["openapi", "v3", "apis", group, version] => json(
+            &openapi_group_version(&resources, group, version)?,
+            "application/json",
+        ),
         _ => return None,
     })
 }
