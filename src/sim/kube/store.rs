@@ -276,6 +276,7 @@ impl State {
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, &errors));
         }
+        drop_empty_metadata(obj);
         if info.plural == "secrets" && info.group.is_empty() {
             fold_string_data(obj);
         }
@@ -727,6 +728,26 @@ impl State {
     }
 }
 
+/// ObjectMeta's list and map fields are `omitempty` on a real server: an emptied finalizer list
+/// disappears rather than staying as `[]` (kube's finalizer helper tests for its absence).
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, v| {
+            let listish = matches!(
+                k.as_str(),
+                "labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields"
+            );
+            let empty = match v {
+                Value::Null => true,
+                Value::Array(a) => a.is_empty(),
+                Value::Object(m) => m.is_empty(),
+                _ => false,
+            };
+            !(listish && empty)
+        });
+    }
+}
+
 /// RFC 1123 subdomain, the rule most kinds' names follow.
 fn valid_name(name: &str) -> Result<(), &'static str> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
@@ -865,6 +886,18 @@ mod tests {
         assert_eq!(s.changes_since(start + 2).unwrap()[0].rv, start + 3);
         assert_eq!(s.changes_since(start + 1).unwrap_err().code, 410);
         assert!(s.changes_since(s.resource_version()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn emptied_metadata_lists_disappear() {
+        let mut o = json!({"metadata": {"name": "a", "finalizers": [], "labels": {},
+                                        "annotations": {"k": "v"}}, "spec": {"l": []}});
+        drop_empty_metadata(&mut o);
+        assert_eq!(
+            o,
+            json!({"metadata": {"name": "a", "annotations": {"k": "v"}},
+                             "spec": {"l": []}})
+        );
     }
 
     #[test]
