@@ -1232,3 +1232,33 @@ async fn leases_honour_resource_version_preconditions() {
         .await;
     assert_eq!(api_err(lost.unwrap_err()).0, 409);
 }
+
+#[tokio::test]
+async fn serves_until_shutdown_which_ends_watches() {
+    let s = standin().await;
+    let client = s.client();
+    let keep = s.clone();
+    drop(s);
+    let cms: Api<ConfigMap> = Api::default_namespaced(client);
+    cms.create(&PostParams::default(), &cm("alive", &[]))
+        .await
+        .unwrap();
+    let mut stream = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        WatchEvent::Added(_)
+    ));
+    tokio::time::timeout(Duration::from_secs(10), keep.shutdown())
+        .await
+        .expect("shutdown does not hang on an open watch");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch ended with the server");
+    assert!(cms.get("alive").await.is_err(), "nothing serves any more");
+}

@@ -26,6 +26,7 @@ pub struct App {
     pub state: RwLock<State>,
     pub stats: Mutex<Stats>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub stop: tokio::sync::watch::Sender<bool>,
     pub bookmark_interval: Duration,
 }
 
@@ -242,10 +243,18 @@ impl Request {
             FieldSelector::parse(q("fieldSelector")).map_err(ApiError::bad_request)?,
         ))
     }
-    /// JSON bodies; `application/apply-patch+yaml` may also be YAML.
+    /// JSON bodies; `application/apply-patch+yaml` may also be YAML. Protobuf and CBOR get
+    /// 415, which tells client-go to fall back to JSON.
     fn body_value(&self) -> Result<Value, ApiError> {
         if self.body.is_empty() {
             return Ok(Value::Null);
+        }
+        if self
+            .content_type
+            .starts_with("application/vnd.kubernetes.protobuf")
+            || self.content_type.starts_with("application/cbor")
+        {
+            return Err(ApiError::unsupported_media_type(&self.content_type));
         }
         serde_json::from_slice(&self.body).or_else(|json_err| {
             if self.content_type.contains("yaml") {
