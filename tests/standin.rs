@@ -1262,3 +1262,38 @@ async fn serves_until_shutdown_which_ends_watches() {
     assert!(ended.is_ok(), "the watch ended with the server");
     assert!(cms.get("alive").await.is_err(), "nothing serves any more");
 }
+
+#[tokio::test]
+async fn core_events_and_events_k8s_io_share_one_store() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    let s = standin().await;
+    let core: Api<CoreEvent> = Api::default_namespaced(s.client());
+    let mut ev = CoreEvent::default();
+    ev.metadata.name = Some("old-style".into());
+    ev.involved_object = ObjectReference {
+        kind: Some("ConfigMap".into()),
+        name: Some("x".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    ev.reason = Some("Legacy".into());
+    ev.message = Some("written through v1".into());
+    let created = core.create(&PostParams::default(), &ev).await.unwrap();
+    assert_eq!(created.involved_object.name.as_deref(), Some("x"));
+    let patched = core
+        .patch(
+            "old-style",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"message": "patched"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.message.as_deref(), Some("patched"));
+    assert_eq!(patched.involved_object.kind.as_deref(), Some("ConfigMap"));
+
+    let new_style: Api<EventV1> = Api::default_namespaced(s.client());
+    let seen = new_style.get("old-style").await.unwrap();
+    assert_eq!(seen.note.as_deref(), Some("patched"));
+    assert_eq!(seen.reason.as_deref(), Some("Legacy"));
+    assert_eq!(seen.regarding.unwrap().name.as_deref(), Some("x"));
+}

@@ -341,7 +341,6 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
 
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     let body = req.body_value()?;
-    let body = convert_written(req, body);
     let obj = app
         .state
         .write()
@@ -350,18 +349,8 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_response(201, &req.render(&obj)))
 }
 
-/// Events written through the core API are stored in their events.k8s.io form; the store works
-/// in the storage form throughout, so convert on the way in.
-fn convert_written(req: &Request, body: Value) -> Value {
-    if body.is_object() {
-        convert::store(&req.info, body)
-    } else {
-        body
-    }
-}
-
 async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
-    let body = convert_written(req, req.body_value()?);
+    let body = req.body_value()?;
     let obj = app.state.write().await.update(
         &req.info,
         req.ns(),
@@ -405,11 +394,6 @@ async fn patch(app: &App, req: &Request) -> Result<Response, ApiError> {
             "the patch body does not have the shape its content type requires",
         ));
     }
-    let body = if kind == PatchKind::Json {
-        body
-    } else {
-        convert_written(req, body)
-    };
     let obj = app.state.write().await.patch(
         &req.info,
         req.ns(),
