@@ -1297,3 +1297,43 @@ async fn core_events_and_events_k8s_io_share_one_store() {
     assert_eq!(seen.reason.as_deref(), Some("Legacy"));
     assert_eq!(seen.regarding.unwrap().name.as_deref(), Some("x"));
 }
+
+#[tokio::test]
+async fn thousands_of_objects_list_and_watch_promptly() {
+    let s = standin().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(s.client());
+    let started = std::time::Instant::now();
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let labelled = watcher::Config::default().labels("batch=odd");
+    let running =
+        tokio::spawn(reflector(writer, watcher(cms.clone(), labelled)).for_each(|_| async {}));
+    reader.wait_until_ready().await.unwrap();
+    futures::stream::iter(0..2000)
+        .for_each_concurrent(16, |i| {
+            let cms = cms.clone();
+            async move {
+                let batch = if i % 2 == 1 { "odd" } else { "even" };
+                cms.create(
+                    &PostParams::default(),
+                    &cm(&format!("c{i}"), &[("batch", batch)]),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+    let all = cms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(all.items.len(), 2000);
+    let odd = cms
+        .list(&ListParams::default().labels("batch=odd"))
+        .await
+        .unwrap();
+    assert_eq!(odd.items.len(), 1000);
+    wait_for(|| reader.state().len() == 1000).await;
+    assert_eq!(s.stats().count(Verb::Create, "configmaps"), 2000);
+    running.abort();
+    eprintln!(
+        "2000 creates, lists and a filtered reflector in {:?}",
+        started.elapsed()
+    );
+}
