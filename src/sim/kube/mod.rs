@@ -68,7 +68,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             bookmark_interval: Duration::from_secs(30),
-            history_limit: 10_000,
+            history_limit: 4096,
         }
     }
 }
@@ -163,6 +163,8 @@ impl App {
 }
 
 /// A running stand-in. Cheap to clone; [`StandIn::shutdown`] stops it for every clone.
+/// Dropping the handles does not stop it (a client may outlive them); it serves until
+/// `shutdown` or until its Tokio runtime ends.
 #[derive(Clone)]
 pub struct StandIn {
     inner: Arc<Inner>,
@@ -172,7 +174,6 @@ struct Inner {
     addr: SocketAddr,
     app: Arc<App>,
     client: kube::Client,
-    stop: tokio::sync::watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -200,6 +201,7 @@ impl StandIn {
             state: RwLock::new(store::State::new(options.history_limit)),
             stats: Mutex::new(Stats::default()),
             shutdown: stopped.clone(),
+            stop,
             bookmark_interval: options.bookmark_interval,
         });
         let router = axum::Router::new()
@@ -209,7 +211,8 @@ impl StandIn {
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
-                    // Either a stop request or every sender gone ends the server.
+                    // The sender lives in `App`, which this server owns: only an explicit
+                    // stop ends it.
                     let _ = stopped_signal.wait_for(|s| *s).await;
                 })
                 .await;
@@ -227,7 +230,6 @@ impl StandIn {
                 addr,
                 app,
                 client,
-                stop,
                 task: Mutex::new(Some(task)),
             }),
         })
@@ -262,7 +264,7 @@ impl StandIn {
 
     /// Ends every watch and stops serving.
     pub async fn shutdown(self) {
-        let _ = self.inner.stop.send(true);
+        let _ = self.inner.app.stop.send(true);
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             let abort = task.abort_handle();

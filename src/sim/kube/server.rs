@@ -26,6 +26,7 @@ pub struct App {
     pub state: RwLock<State>,
     pub stats: Mutex<Stats>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub stop: tokio::sync::watch::Sender<bool>,
     pub bookmark_interval: Duration,
 }
 
@@ -242,10 +243,18 @@ impl Request {
             FieldSelector::parse(q("fieldSelector")).map_err(ApiError::bad_request)?,
         ))
     }
-    /// JSON bodies; `application/apply-patch+yaml` may also be YAML.
+    /// JSON bodies; `application/apply-patch+yaml` may also be YAML. Protobuf and CBOR get
+    /// 415, which tells client-go to fall back to JSON.
     fn body_value(&self) -> Result<Value, ApiError> {
         if self.body.is_empty() {
             return Ok(Value::Null);
+        }
+        if self
+            .content_type
+            .starts_with("application/vnd.kubernetes.protobuf")
+            || self.content_type.starts_with("application/cbor")
+        {
+            return Err(ApiError::unsupported_media_type(&self.content_type));
         }
         serde_json::from_slice(&self.body).or_else(|json_err| {
             if self.content_type.contains("yaml") {
@@ -332,7 +341,6 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
 
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     let body = req.body_value()?;
-    let body = convert_written(req, body);
     let obj = app
         .state
         .write()
@@ -341,18 +349,8 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_response(201, &req.render(&obj)))
 }
 
-/// Events written through the core API are stored in their events.k8s.io form; the store works
-/// in the storage form throughout, so convert on the way in.
-fn convert_written(req: &Request, body: Value) -> Value {
-    if body.is_object() {
-        convert::store(&req.info, body)
-    } else {
-        body
-    }
-}
-
 async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
-    let body = convert_written(req, req.body_value()?);
+    let body = req.body_value()?;
     let obj = app.state.write().await.update(
         &req.info,
         req.ns(),
@@ -396,11 +394,6 @@ async fn patch(app: &App, req: &Request) -> Result<Response, ApiError> {
             "the patch body does not have the shape its content type requires",
         ));
     }
-    let body = if kind == PatchKind::Json {
-        body
-    } else {
-        convert_written(req, body)
-    };
     let obj = app.state.write().await.patch(
         &req.info,
         req.ns(),

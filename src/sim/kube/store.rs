@@ -276,6 +276,7 @@ impl State {
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, &errors));
         }
+        drop_empty_metadata(obj);
         if info.plural == "secrets" && info.group.is_empty() {
             fold_string_data(obj);
         }
@@ -323,6 +324,13 @@ impl State {
                 ));
             }
         };
+        if let Err(why) = valid_name(&name) {
+            return Err(ApiError::invalid(
+                info,
+                &name,
+                &[format!("metadata.name: Invalid value: \"{name}\": {why}")],
+            ));
+        }
         self.check_namespace(info, ns)?;
         let key = Self::key(info, ns, &name);
         if self
@@ -720,6 +728,41 @@ impl State {
     }
 }
 
+/// ObjectMeta's list and map fields are `omitempty` on a real server: an emptied finalizer list
+/// disappears rather than staying as `[]` (kube's finalizer helper tests for its absence).
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, v| {
+            let listish = matches!(
+                k.as_str(),
+                "labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields"
+            );
+            let empty = match v {
+                Value::Null => true,
+                Value::Array(a) => a.is_empty(),
+                Value::Object(m) => m.is_empty(),
+                _ => false,
+            };
+            !(listish && empty)
+        });
+    }
+}
+
+/// RFC 1123 subdomain, the rule most kinds' names follow.
+fn valid_name(name: &str) -> Result<(), &'static str> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.len() > 253 {
+        return Err("must be no more than 253 characters");
+    }
+    if !name.chars().all(ok_char) || !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Err(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        );
+    }
+    Ok(())
+}
+
 /// Shapes the rest of the store relies on (labels and annotations are string maps, finalizers
 /// a string list), checked before anything indexes into them.
 fn metadata_errors(obj: &Value) -> Vec<String> {
@@ -790,4 +833,77 @@ fn validate_crd(info: &ResourceInfo, crd: &Value, name: &str) -> Result<(), ApiE
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_rfc1123_subdomains() {
+        for ok in ["a", "web-1", "x.y.z", "subject.18a2b"] {
+            assert!(valid_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Upper",
+            "-lead",
+            "trail-",
+            "under_score",
+            &"a".repeat(254),
+        ] {
+            assert!(valid_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generation_ignores_metadata_and_subresource_status() {
+        let a = json!({"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {"y": 1}});
+        let b = json!({"metadata": {"name": "a", "labels": {"l": "v"}}, "spec": {"x": 1},
+                       "status": {"y": 2}});
+        assert_eq!(generation_relevant(&a, true), generation_relevant(&b, true));
+        assert_ne!(
+            generation_relevant(&a, false),
+            generation_relevant(&b, false)
+        );
+    }
+
+    #[test]
+    fn history_is_bounded_and_old_versions_expire() {
+        let mut s = State::new(3);
+        let cms = s.lookup("", "v1", "configmaps").unwrap();
+        let start = s.resource_version();
+        for i in 0..5 {
+            s.create(
+                &cms,
+                Some("default"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+                false,
+            )
+            .unwrap();
+        }
+        assert_eq!(s.changes_since(start + 2).unwrap().len(), 3);
+        assert_eq!(s.changes_since(start + 2).unwrap()[0].rv, start + 3);
+        assert_eq!(s.changes_since(start + 1).unwrap_err().code, 410);
+        assert!(s.changes_since(s.resource_version()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn emptied_metadata_lists_disappear() {
+        let mut o = json!({"metadata": {"name": "a", "finalizers": [], "labels": {},
+                                        "annotations": {"k": "v"}}, "spec": {"l": []}});
+        drop_empty_metadata(&mut o);
+        assert_eq!(
+            o,
+            json!({"metadata": {"name": "a", "annotations": {"k": "v"}},
+                             "spec": {"l": []}})
+        );
+    }
+
+    #[test]
+    fn string_data_folds_into_data() {
+        let mut o = json!({"data": {"a": "YQ=="}, "stringData": {"b": "bee"}});
+        fold_string_data(&mut o);
+        assert_eq!(o, json!({"data": {"a": "YQ==", "b": "YmVl"}}));
+    }
 }
