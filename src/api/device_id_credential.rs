@@ -154,4 +154,55 @@ pub struct DeviceIdCredentialStatus {
     /// The last `certrotor.io/renew` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_renew_request: Option<String>,
+    /// Set (to the attempt time) before a `cert:refresh` whose outcome we have not learned yet;
+    /// cleared only once a certificate is received. While set, the vendor may hold a newer
+    /// certificate we never got, so a further refresh could evict the published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_refresh: Option<String>,
+    /// The same for `token:refresh`: a token we never received may exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_token_refresh: Option<String>,
+    /// SHA-256 fingerprint of the onboarding certificate, to detect two resources sharing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding_fingerprint: Option<String>,
+    /// Fingerprint of the certificate in the output Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_fingerprint: Option<String>,
+    /// 409 answers in a row (for the conflict backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_conflicts: Option<i32>,
+    /// No `cert:refresh` before this time: the wait after a 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_until: Option<String>,
+    /// No `cert:refresh` before this time: the wait after a 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_until: Option<String>,
+    /// No `token:refresh` before this time (after a 409 or 429 on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_wait_until: Option<String>,
+    /// When the current token was obtained (its lifetime is `tokenExpiry` minus this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_obtained_time: Option<String>,
+    /// The vendor refused a call in a way only a person can fix (400, 401); no further call is
+    /// made with the same spec and credentials until the spec, the credentials or the renew
+    /// annotation change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejection>,
+}
+
+/// A refusal by the vendor that needs a person.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    /// CamelCase reason, e.g. `Unauthorized`.
+    pub reason: String,
+    pub message: String,
+    /// The spec generation the refusal was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Fingerprint of the client certificate the call was made with.
+    pub credential: String,
+    /// The renew annotation value at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_request: Option<String>,
 }

@@ -17,7 +17,7 @@ use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::aic::CallObserver;
-use crate::api::TenantCertificate;
+use crate::api::{DeviceIdCredential, TenantCertificate};
 pub use clients::AicClients;
 pub use tenant::plan::PollPolicy;
 
@@ -77,6 +77,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub aic: AicClients,
     pub options: Options,
+    /// DeviceIdCredential: per-credential call locks and the resources' store.
+    pub deviceid: deviceid::Shared,
 }
 
 impl Context {
@@ -94,6 +96,7 @@ impl Context {
             client,
             aic: AicClients::new(observer),
             options,
+            deviceid: deviceid::Shared::default(),
         })
     }
 
@@ -140,6 +143,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Context::new(client.clone(), options.clone(), observer);
+    // Both controllers stop on the same signal.
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let stopped = shutdown.clone();
     let tcerts: Api<TenantCertificate> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(tcerts, watcher::Config::default()))
@@ -156,7 +162,7 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     let store = reader.clone();
-    controller
+    let tenant_certificates = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
         .watches_stream(secrets, move |secret| {
             let ns = secret.namespace();
@@ -169,7 +175,54 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(tenant::reconcile, tenant::error_policy, ctx)
+        .run(tenant::reconcile, tenant::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        });
+    futures::join!(
+        tenant_certificates,
+        run_deviceid(client, options, ctx, stopped)
+    );
+}
+
+/// The DeviceIdCredential controller, built like the TenantCertificate one.
+async fn run_deviceid(
+    client: Client,
+    options: Options,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let didcs: Api<DeviceIdCredential> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    ctx.deviceid.set_store(reader.clone());
+    let stream = reflector(writer, watcher(didcs, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(user_intent, Default::default());
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let store = reader.clone();
+    Controller::for_stream(stream, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
+        .watches_stream(secrets, move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|d| d.namespace() == ns && deviceid::references_secret(d, &name))
+                .map(|d| ObjectRef::from_obj(&*d))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(deviceid::reconcile, deviceid::error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),

@@ -1,1 +1,669 @@
+//! The DeviceIdCredential reconciler: reads the spec, the onboarding and output Secrets, asks
+//! [`plan::plan`] for the next step, and performs it in the order that never loses a key or a
+//! certificate:
+//!
+//! 1. the pending key (and CSR) is persisted in `<secretName>-pending`,
+//! 2. the attempt is recorded in status (no call if that write fails),
+//! 3. the call,
+//! 4. the output Secret is written, then the pending Secret deleted, then status and an Event.
+//!
+//! Calls are serialised per endpoint and onboarding credentials ([`Shared::lock_for`]).
+
 pub mod budget;
+pub mod inputs;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+
+use super::patch::merge_patch_diff;
+use super::{Context, Error};
+use crate::api::{self, DeviceIdCredential, DeviceIdCredentialStatus, Verdict};
+use crate::cie::{CieClient, CieError};
+use crate::pki::{self, CsrSubject};
+use inputs::Credentials;
+use plan::{Credential, Invalid, Observation, Outcome, Step};
+
+/// Steps in one reconcile at most (a refresh, then a token refresh, then the verdict).
+const MAX_STEPS: usize = 4;
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "certrotor");
+
+/// State shared by all DeviceIdCredential reconciles.
+#[derive(Default)]
+pub struct Shared {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    store: OnceLock<Store<DeviceIdCredential>>,
+}
+
+impl Shared {
+    /// The lock for calls with these credentials: one call at a time per tenant+vendor.
+    pub fn lock_for(
+        &self,
+        endpoint: &str,
+        onboarding_fingerprint: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!(
+            "{}|{onboarding_fingerprint}",
+            inputs::normalize_endpoint(endpoint)
+        );
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key).or_default().clone()
+    }
+
+    /// The controller's reflector store, to compare resources (set once by `controller::run`).
+    pub fn set_store(&self, store: Store<DeviceIdCredential>) {
+        let _ = self.store.set(store);
+    }
+
+    fn others(&self) -> Vec<Arc<DeviceIdCredential>> {
+        self.store.get().map(Store::state).unwrap_or_default()
+    }
+}
+
+pub fn references_secret(d: &DeviceIdCredential, name: &str) -> bool {
+    d.spec.onboarding_secret_ref.name == name || d.spec.secret_name == name
+}
+
+pub fn pending_secret_name(d: &DeviceIdCredential) -> String {
+    format!("{}-pending", d.spec.secret_name)
+}
+
+pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<DeviceIdCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cached object may predate our last status write; the budget must see every attempt.
+    let Some(fresh) = api.get_opt(&obj.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    if fresh.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let mut run = Run {
+        status: fresh.status.clone().unwrap_or_default(),
+        written: fresh.status.clone().unwrap_or_default(),
+        obj: &fresh,
+        ctx: &ctx,
+        ns: &ns,
+        events: vec![],
+        now: Timestamp::now(),
+        refreshed: false,
+    };
+    let action = run.reconcile().await?;
+    run.finish().await?;
+    Ok(action)
+}
+
+/// Only Kubernetes API failures land here; back off and try again.
+pub fn error_policy(obj: Arc<DeviceIdCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, "reconcile error");
+    Action::requeue(Duration::from_secs(5 + fastrand::u64(0..5)))
+}
+
+struct Run<'a> {
+    obj: &'a DeviceIdCredential,
+    ctx: &'a Context,
+    ns: &'a str,
+    status: DeviceIdCredentialStatus,
+    /// What the API server holds, to write only the difference.
+    written: DeviceIdCredentialStatus,
+    events: Vec<(EventType, &'static str, String)>,
+    now: Timestamp,
+    /// A certificate was received in this reconcile.
+    refreshed: bool,
+}
+
+impl Run<'_> {
+    async fn reconcile(&mut self) -> Result<Action, Error> {
+        let spec = &self.obj.spec;
+        if api::is_paused(self.obj.meta()) {
+            let ready = api::is_true(&self.status.conditions, api::READY);
+            self.conclude(Verdict {
+                ready,
+                reconciling: false,
+                stalled: false,
+                reason: "Paused".into(),
+                message: format!("{} is \"true\": no vendor calls", api::PAUSED_ANNOTATION),
+            });
+            return Ok(Action::await_change());
+        }
+        if let Err(invalid) = plan::validate_spec(spec) {
+            return Ok(self.stall(invalid));
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let onboarding_name = &spec.onboarding_secret_ref.name;
+        let onboarding_secret = secrets.get_opt(onboarding_name).await?;
+        let onboarding = match inputs::read_onboarding(onboarding_name, onboarding_secret.as_ref())
+        {
+            Ok(o) => o,
+            Err(invalid) => return Ok(self.stall(invalid)),
+        };
+        self.status.onboarding_fingerprint = Some(onboarding.info.fingerprint.clone());
+        let others = self.ctx.deviceid.others();
+        if let Some(older) = inputs::older_sharing(
+            self.obj,
+            &onboarding.info.fingerprint,
+            others.iter().map(|o| &**o),
+        ) {
+            return Ok(self.stall(Invalid::new(
+                "SharedOnboardingCredentials",
+                format!("{older} already uses the same endpoint and onboarding certificate; two resources refreshing with one credential would evict each other's certificates. Onboard a separate credential for this one"),
+            )));
+        }
+        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+        for step in 0..MAX_STEPS {
+            if step > 0 {
+                self.now = Timestamp::now();
+                output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+            }
+            if plan::describe_published(&mut self.status, spec, output.as_ref().map(|o| &o.info)) {
+                self.events.push((
+                    EventType::Normal,
+                    "Adopted",
+                    "adopted the certificate found in the output Secret (written before a restart)"
+                        .into(),
+                ));
+            }
+            let obs = Observation {
+                spec,
+                status: &self.status,
+                generation: self.obj.meta().generation,
+                renew_annotation: api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
+                onboarding: &onboarding.info,
+                published: output.as_ref().map(|o| &o.info),
+                now: self.now,
+            };
+            let planned = plan::plan(&obs);
+            self.status.next_attempt_time = Some(planned.next_attempt_time.to_string());
+            match planned.step {
+                Step::Wait {
+                    ready,
+                    reconciling,
+                    stalled,
+                    reason,
+                    message,
+                    recheck,
+                } => {
+                    let reason = if ready && self.refreshed && reason == "Valid" {
+                        "Refreshed"
+                    } else {
+                        reason
+                    };
+                    self.conclude(Verdict {
+                        ready,
+                        reconciling,
+                        stalled,
+                        reason: reason.into(),
+                        message,
+                    });
+                    let after = recheck
+                        .map(|t| t.duration_since(Timestamp::now()).unsigned_abs())
+                        .unwrap_or(plan::RESYNC)
+                        .clamp(Duration::from_millis(200), plan::RESYNC);
+                    return Ok(Action::requeue(after));
+                }
+                Step::RefreshCert { credential, reason } => {
+                    let creds = match (credential, &output) {
+                        (Credential::Published, Some(o)) => o.clone(),
+                        _ => onboarding.clone(),
+                    };
+                    if let Err(invalid) = self
+                        .refresh_cert(
+                            &secrets,
+                            &onboarding,
+                            &creds,
+                            credential,
+                            reason,
+                            output.as_ref(),
+                        )
+                        .await?
+                    {
+                        return Ok(self.stall(invalid));
+                    }
+                }
+                Step::RefreshToken => {
+                    let Some(creds) = output.clone() else { break };
+                    if let Err(invalid) = self.refresh_token(&secrets, &onboarding, &creds).await? {
+                        return Ok(self.stall(invalid));
+                    }
+                }
+            }
+        }
+        let ready = output.is_some_and(|o| inputs::is_valid(&o.info, Timestamp::now()));
+        self.conclude(Verdict::progressing(
+            ready,
+            "Progressing",
+            "more steps to go",
+        ));
+        Ok(Action::requeue(Duration::from_secs(1)))
+    }
+
+    fn observation<'b>(
+        &'b self,
+        onboarding: &'b Credentials,
+        published: Option<&'b Credentials>,
+    ) -> Observation<'b> {
+        Observation {
+            spec: &self.obj.spec,
+            status: &self.status,
+            generation: self.obj.meta().generation,
+            renew_annotation: api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
+            onboarding: &onboarding.info,
+            published: published.map(|o| &o.info),
+            now: self.now,
+        }
+    }
+
+    async fn refresh_cert(
+        &mut self,
+        secrets: &Api<Secret>,
+        onboarding: &Credentials,
+        creds: &Credentials,
+        credential: Credential,
+        reason: &'static str,
+        published: Option<&Credentials>,
+    ) -> Result<Result<(), Invalid>, Error> {
+        let spec = &self.obj.spec;
+        let client = match self.client(creds) {
+            Ok(c) => c,
+            Err(invalid) => return Ok(Err(invalid)),
+        };
+        let lock = self
+            .ctx
+            .deviceid
+            .lock_for(&spec.endpoint, &onboarding.info.fingerprint);
+        let _guard = lock.lock().await;
+        self.now = Timestamp::now();
+
+        let alg = match plan::key_algorithm(spec) {
+            Ok(a) => a,
+            Err(invalid) => return Ok(Err(invalid)),
+        };
+        let pending_name = pending_secret_name(self.obj);
+        let existing = secrets.get_opt(&pending_name).await?;
+        let key_pem = match inputs::reusable_pending_key(
+            existing.as_ref(),
+            alg,
+            published.map(|p| &p.info),
+        ) {
+            Some(k) => k,
+            None => match pki::generate_key(alg) {
+                Ok(k) => k,
+                Err(e) => return Ok(Err(Invalid::new(e.reason(), e.to_string()))),
+            },
+        };
+        let csr = match pki::generate_csr(&key_pem, &csr_subject(spec)) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(Invalid::new("InvalidSubject", e.to_string()))),
+        };
+        self.write_pending(secrets, &pending_name, &key_pem, &csr, alg)
+            .await?;
+
+        let previous = plan::record_cert_attempt(&mut self.status, self.now);
+        let recorded = Instant::now();
+        self.write_status().await?;
+        if recorded.elapsed() > budget::MAX_RECORD_TO_SEND {
+            // The budget's margin no longer covers the delay: this attempt is spent unsent.
+            plan::after_cert_call(&mut self.status, &Outcome::NotSent, previous, self.now, 0.0);
+            return Ok(Ok(()));
+        }
+        tracing::info!(name = %self.obj.name_any(), reason, credential = ?credential, "cert:refresh");
+        let result = client.refresh_certificate(&csr, &spec.cert_name).await;
+        let after = Timestamp::now();
+        let outcome = match result {
+            Ok(refresh) => match pki::check_key_matches(&refresh.cert, &key_pem)
+                .and_then(|()| pki::parse_chain(&refresh.cert))
+            {
+                Ok(chain) => {
+                    let issued = &chain[0];
+                    self.write_output(secrets, &refresh.cert, &key_pem, &creds.api_key)
+                        .await?;
+                    match secrets
+                        .delete(&pending_name, &DeleteParams::default())
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(status)) if status.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    let deleted = refresh.deleted_cert_name.clone();
+                    self.status.deleted_cert_name = Some(deleted.clone());
+                    self.status.cert_name = Some(spec.cert_name.clone());
+                    if reason == "RenewRequested" {
+                        self.status.last_renew_request =
+                            api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
+                                .map(str::to_string);
+                    }
+                    self.refreshed = true;
+                    let evicted = if deleted.is_empty() {
+                        "the vendor evicted nothing".to_string()
+                    } else {
+                        format!("the vendor evicted {deleted}")
+                    };
+                    self.events.push((
+                        EventType::Normal,
+                        "Refreshed",
+                        format!(
+                            "cert:refresh ({reason}) issued serial {} valid until {}; {evicted}",
+                            issued.serial_number, issued.not_after
+                        ),
+                    ));
+                    Outcome::Received
+                }
+                Err(e) => {
+                    // A certificate was issued (the oldest may be evicted), but we cannot use it.
+                    self.events.push((
+                        EventType::Warning,
+                        "InvalidResponse",
+                        format!("cert:refresh answered with a certificate that does not fit the pending key: {e}"),
+                    ));
+                    Outcome::Unknown
+                }
+            },
+            Err(e) => {
+                let outcome = self.outcome_of(&e, onboarding, published, credential);
+                if matches!(outcome, Outcome::Unknown | Outcome::Rejected(_))
+                    && reason == "RenewRequested"
+                {
+                    // The request may have been carried out (or cannot be): once per value.
+                    self.status.last_renew_request =
+                        api::annotation(self.obj.meta(), api::RENEW_ANNOTATION).map(str::to_string);
+                }
+                self.events.push((
+                    EventType::Warning,
+                    static_error_reason(&e),
+                    format!("cert:refresh ({reason}) failed: {e}"),
+                ));
+                outcome
+            }
+        };
+        plan::after_cert_call(&mut self.status, &outcome, previous, after, fastrand::f64());
+        self.write_status().await?;
+        Ok(Ok(()))
+    }
+
+    fn outcome_of(
+        &self,
+        e: &CieError,
+        onboarding: &Credentials,
+        published: Option<&Credentials>,
+        credential: Credential,
+    ) -> Outcome {
+        match e {
+            CieError::RateLimited { retry_after, .. } => Outcome::RateLimited(*retry_after),
+            CieError::Conflict { .. } => Outcome::Conflict,
+            CieError::Connect(_) | CieError::Config(_) => Outcome::NotSent,
+            e if e.outcome_may_have_happened() => Outcome::Unknown,
+            e => {
+                let obs = self.observation(onboarding, published);
+                let advice = match e {
+                    CieError::Unauthorized { .. } => String::new(),
+                    _ => "; fix the spec or the endpoint, or set the renew annotation to try again"
+                        .into(),
+                };
+                Outcome::Rejected(plan::rejection(
+                    &obs,
+                    credential,
+                    e.reason(),
+                    format!("{e}{advice}"),
+                ))
+            }
+        }
+    }
+
+    async fn refresh_token(
+        &mut self,
+        secrets: &Api<Secret>,
+        onboarding: &Credentials,
+        creds: &Credentials,
+    ) -> Result<Result<(), Invalid>, Error> {
+        let spec = &self.obj.spec;
+        let client = match self.client(creds) {
+            Ok(c) => c,
+            Err(invalid) => return Ok(Err(invalid)),
+        };
+        let lock = self
+            .ctx
+            .deviceid
+            .lock_for(&spec.endpoint, &onboarding.info.fingerprint);
+        let _guard = lock.lock().await;
+        self.now = Timestamp::now();
+        let previous = plan::record_token_attempt(&mut self.status, self.now);
+        self.write_status().await?;
+        let result = client.refresh_token().await;
+        let after = Timestamp::now();
+        let outcome = match result {
+            Ok(token) => {
+                // The token goes only into the output Secret.
+                self.write_output(secrets, &creds.cert_pem, &creds.key_pem, &token.token)
+                    .await?;
+                self.status.token_expiry = Some(token.expiry.clone());
+                self.events.push((
+                    EventType::Normal,
+                    "TokenRefreshed",
+                    format!(
+                        "token:refresh: new apiKey in Secret {}, expiry {}",
+                        spec.secret_name, token.expiry
+                    ),
+                ));
+                Outcome::Received
+            }
+            Err(e) => {
+                self.events.push((
+                    EventType::Warning,
+                    static_error_reason(&e),
+                    format!("token:refresh failed: {e}"),
+                ));
+                match e {
+                    CieError::RateLimited { retry_after, .. } => Outcome::RateLimited(retry_after),
+                    CieError::Conflict { .. } => Outcome::Conflict,
+                    e if e.outcome_may_have_happened() => Outcome::Unknown,
+                    _ => Outcome::NotSent,
+                }
+            }
+        };
+        plan::after_token_call(&mut self.status, &outcome, previous, after);
+        self.write_status().await?;
+        Ok(Ok(()))
+    }
+
+    fn client(&self, creds: &Credentials) -> Result<CieClient, Invalid> {
+        let spec = &self.obj.spec;
+        CieClient::new(
+            &spec.endpoint,
+            &creds.cert_pem,
+            &creds.key_pem,
+            &creds.api_key,
+            spec.ca_bundle.as_deref(),
+        )
+        .map_err(|e| Invalid::new("InvalidConfig", e.to_string()))
+    }
+
+    fn managed_meta(&self, name: &str, owned: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.ns.to_string()),
+            labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+            owner_references: owned
+                .then(|| self.obj.controller_owner_ref(&()).into_iter().collect()),
+            ..Default::default()
+        }
+    }
+
+    async fn write_pending(
+        &self,
+        secrets: &Api<Secret>,
+        name: &str,
+        key_pem: &str,
+        csr: &str,
+        alg: pki::KeyAlgorithm,
+    ) -> Result<(), Error> {
+        let secret = Secret {
+            metadata: self.managed_meta(name, true),
+            type_: Some("Opaque".into()),
+            data: Some(bytes([
+                (inputs::TLS_KEY, key_pem.to_string()),
+                (inputs::TLS_CSR, csr.to_string()),
+                (inputs::KEY_ALGORITHM, inputs::algorithm_name(alg)),
+            ])),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply(api::MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The output Secret, with no ownerReference: deleting the resource must not cut off the
+    /// Device-ID sender that mounts it.
+    async fn write_output(
+        &self,
+        secrets: &Api<Secret>,
+        cert_pem: &str,
+        key_pem: &str,
+        api_key: &str,
+    ) -> Result<(), Error> {
+        let name = &self.obj.spec.secret_name;
+        let secret = Secret {
+            metadata: self.managed_meta(name, false),
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(bytes([
+                (inputs::TLS_CRT, cert_pem.to_string()),
+                (inputs::TLS_KEY, key_pem.to_string()),
+                (inputs::API_KEY, api_key.to_string()),
+            ])),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply(api::MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn stall(&mut self, invalid: Invalid) -> Action {
+        let ready = api::is_true(&self.status.conditions, api::READY)
+            && invalid.reason == "SharedOnboardingCredentials";
+        self.conclude(Verdict::stalled(ready, invalid.reason, invalid.message));
+        // Fixing the input changes the resource or a watched Secret, which reconciles at once.
+        Action::requeue(Duration::from_secs(600))
+    }
+
+    fn conclude(&mut self, verdict: Verdict) {
+        let previous_reason =
+            api::condition(&self.status.conditions, api::READY).map(|c| c.reason.clone());
+        let changed = previous_reason.as_deref() != Some(verdict.reason.as_str());
+        if verdict.stalled && changed {
+            self.events.push((
+                EventType::Warning,
+                stall_reason(&verdict.reason),
+                verdict.message.clone(),
+            ));
+        } else if verdict.ready && changed && !api::is_true(&self.status.conditions, api::READY) {
+            self.events
+                .push((EventType::Normal, "Ready", verdict.message.clone()));
+        }
+        self.status.observed_generation = self.obj.meta().generation;
+        api::apply_verdict(
+            &mut self.status.conditions,
+            &verdict,
+            self.obj.meta().generation,
+            self.now,
+        );
+    }
+
+    /// Writes the status difference now (before a call, and right after it).
+    async fn write_status(&mut self) -> Result<(), Error> {
+        let old = serde_json::to_value(&self.written)?;
+        let new = serde_json::to_value(&self.status)?;
+        if let Some(diff) = merge_patch_diff(&old, &new) {
+            let api: Api<DeviceIdCredential> = Api::namespaced(self.ctx.client.clone(), self.ns);
+            let patch = serde_json::json!({ "status": diff });
+            api.patch_status(
+                &self.obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+            self.written = self.status.clone();
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), Error> {
+        self.write_status().await?;
+        for (type_, reason, note) in std::mem::take(&mut self.events) {
+            self.ctx.event(self.obj, type_, reason, note).await;
+        }
+        Ok(())
+    }
+}
+
+fn bytes<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, ByteString> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+fn csr_subject(spec: &api::DeviceIdCredentialSpec) -> CsrSubject {
+    let s = &spec.subject;
+    CsrSubject {
+        common_name: s
+            .common_name
+            .clone()
+            .or_else(|| Some(spec.cert_name.clone())),
+        organization: s.organization.clone(),
+        organizational_unit: s.organizational_unit.clone(),
+        country: s.country.clone(),
+        ..Default::default()
+    }
+}
+
+fn static_error_reason(e: &CieError) -> &'static str {
+    e.reason()
+}
+
+/// Event reasons for stalls come from this fixed set.
+fn stall_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "OnboardingSecretNotFound",
+        "MissingKey",
+        "InvalidPem",
+        "NoCertificate",
+        "KeyMismatch",
+        "InvalidKey",
+        "Unsupported",
+        "InvalidPrivateKey",
+        "InvalidRenewBefore",
+        "InvalidSpec",
+        "InvalidSubject",
+        "InvalidConfig",
+        "SharedOnboardingCredentials",
+        "OnboardingExpired",
+        "Unauthorized",
+        "BadRequest",
+        "UnexpectedStatus",
+    ];
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == reason)
+        .unwrap_or("Stalled")
+}

@@ -1,0 +1,630 @@
+//! The DeviceIdCredential decision, as pure functions: observed state and the clock in, the next
+//! step out; and the status bookkeeping around each vendor call. No I/O here.
+//!
+//! Invariants the plan keeps:
+//! - A call is made only when [`budget`] allows it, after a 429 wait and after a 409 backoff.
+//! - Nothing is ever retried because a call failed: the next call happens only because a
+//!   certificate (or token) is due, and only within the budget.
+//! - After a `cert:refresh` whose outcome is unknown, the vendor may hold a certificate we never
+//!   received; the next refresh would then evict the *published* certificate. So while a
+//!   certificate is published and a refresh is unconfirmed, refreshing is deferred until the
+//!   published certificate is close to its end anyway ([`defer_until`]) or a person asks for it
+//!   with the renew annotation.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::budget::{self, CERT_REFRESH, TOKEN_REFRESH};
+use crate::api::{
+    DeviceIdCredentialSpec, DeviceIdCredentialStatus, KeyAlgorithm as SpecAlgorithm, Rejection,
+    parse_duration,
+};
+use crate::pki::{CertInfo, KeyAlgorithm};
+
+/// The shortest lead before `notAfter` at which a deferred refresh (see the module docs) goes
+/// ahead anyway: after the burst one call per hour (plus margin) is allowed, so three hours
+/// leave room for the refresh, a 409 or 429 wait, and one more try before the end.
+pub const UNCONFIRMED_MIN_LEAD: Duration = Duration::from_secs(3 * 3600);
+/// The deferred refresh goes ahead in the last tenth of the published certificate's lifetime
+/// (or [`UNCONFIRMED_MIN_LEAD`], if longer).
+pub const UNCONFIRMED_LEAD_DIVISOR: u32 = 10;
+/// How often a settled resource is looked at again even when nothing is due.
+pub const RESYNC: Duration = Duration::from_secs(3600);
+
+/// Input that stops everything before any vendor call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Which client certificate (and `apiKey`) authenticates a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The onboarding Secret's: only until a certificate of our own is published.
+    Onboarding,
+    /// The output Secret's: the published certificate, while it is valid.
+    Published,
+}
+
+pub struct Observation<'a> {
+    pub spec: &'a DeviceIdCredentialSpec,
+    pub status: &'a DeviceIdCredentialStatus,
+    pub generation: Option<i64>,
+    /// The renew annotation's value, if set.
+    pub renew_annotation: Option<&'a str>,
+    /// The onboarding certificate (already checked against its key).
+    pub onboarding: &'a CertInfo,
+    /// The output Secret's certificate, when its key matches (it may have expired).
+    pub published: Option<&'a CertInfo>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    RefreshCert {
+        credential: Credential,
+        /// `Initial`, `Renewal`, `Expired`, `RenewRequested` or `Deferred` (see module docs).
+        reason: &'static str,
+    },
+    RefreshToken,
+    /// Nothing to call now; look again at `recheck` (`None`: only when something changes).
+    Wait {
+        ready: bool,
+        reconciling: bool,
+        stalled: bool,
+        reason: &'static str,
+        message: String,
+        recheck: Option<Timestamp>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub step: Step,
+    /// When the `cert:refresh` budget (and 409/429 waits) next allow a call.
+    pub next_attempt_time: Timestamp,
+    /// When the published certificate is due for refresh.
+    pub renewal_time: Option<Timestamp>,
+}
+
+/// `spec.privateKey` as a key type; other sizes are refused before any call.
+pub fn key_algorithm(spec: &DeviceIdCredentialSpec) -> Result<KeyAlgorithm, Invalid> {
+    let size = spec.private_key.size;
+    match (spec.private_key.algorithm, size) {
+        (SpecAlgorithm::ECDSA, 256) => Ok(KeyAlgorithm::EcdsaP256),
+        (SpecAlgorithm::ECDSA, 384) => Ok(KeyAlgorithm::EcdsaP384),
+        (SpecAlgorithm::RSA, 2048) => Ok(KeyAlgorithm::Rsa2048),
+        (SpecAlgorithm::RSA, 3072) => Ok(KeyAlgorithm::Rsa3072),
+        (SpecAlgorithm::RSA, 4096) => Ok(KeyAlgorithm::Rsa4096),
+        (alg, _) => Err(Invalid::new(
+            "InvalidPrivateKey",
+            format!(
+                "privateKey {alg:?} size {size} is not supported: use ECDSA 256|384 or RSA 2048|3072|4096"
+            ),
+        )),
+    }
+}
+
+/// Everything in the spec that can be wrong without asking anyone.
+pub fn validate_spec(spec: &DeviceIdCredentialSpec) -> Result<(), Invalid> {
+    key_algorithm(spec)?;
+    if let Some(rb) = &spec.renew_before {
+        parse_duration(rb).map_err(|e| Invalid::new("InvalidRenewBefore", e.to_string()))?;
+        if spec.renew_before_percentage.is_some() {
+            return Err(Invalid::new(
+                "InvalidRenewBefore",
+                "set renewBefore or renewBeforePercentage, not both",
+            ));
+        }
+    }
+    if let Some(p) = spec.renew_before_percentage
+        && !(1..=99).contains(&p)
+    {
+        return Err(Invalid::new(
+            "InvalidRenewBefore",
+            format!("renewBeforePercentage {p} is not within 1-99"),
+        ));
+    }
+    if spec.cert_name.trim().is_empty() || spec.secret_name.trim().is_empty() {
+        return Err(Invalid::new(
+            "InvalidSpec",
+            "certName and secretName must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+fn lifetime(cert: &CertInfo) -> SignedDuration {
+    cert.not_after
+        .duration_since(cert.not_before)
+        .max(SignedDuration::ZERO)
+}
+
+fn minus(t: Timestamp, d: SignedDuration) -> Timestamp {
+    t.checked_sub(d).unwrap_or(Timestamp::MIN)
+}
+
+/// `notAfter − renewBefore`, or the percentage of the lifetime, or a third of it. A renewBefore
+/// as long as the lifetime or longer would refresh on every budget slot; it falls back to the
+/// default third instead.
+pub fn renewal_time(spec: &DeviceIdCredentialSpec, cert: &CertInfo) -> Timestamp {
+    let life = lifetime(cert);
+    let third = life / 3;
+    let before = match (&spec.renew_before, spec.renew_before_percentage) {
+        (Some(rb), _) => parse_duration(rb)
+            .ok()
+            .and_then(|d| SignedDuration::try_from(d).ok())
+            .filter(|d| *d < life)
+            .unwrap_or(third),
+        (None, Some(p)) => life * p.clamp(1, 99) / 100,
+        (None, None) => third,
+    };
+    minus(cert.not_after, before)
+}
+
+/// When a refresh deferred because of an unconfirmed one goes ahead anyway.
+pub fn defer_until(cert: &CertInfo) -> Timestamp {
+    let lead = (lifetime(cert) / UNCONFIRMED_LEAD_DIVISOR as i32)
+        .max(SignedDuration::try_from(UNCONFIRMED_MIN_LEAD).unwrap_or(SignedDuration::ZERO));
+    minus(cert.not_after, lead).max(cert.not_before)
+}
+
+fn parse_time(s: Option<&str>) -> Option<Timestamp> {
+    s.and_then(|s| s.parse().ok())
+}
+
+/// The latest of the budget, the 429 wait and the 409 backoff for `cert:refresh`.
+pub fn cert_next_allowed(status: &DeviceIdCredentialStatus, now: Timestamp) -> Timestamp {
+    let attempts = budget::parse_attempts(&status.attempts, now);
+    let mut at = budget::next_allowed(&CERT_REFRESH, &attempts, now);
+    for wait in [&status.rate_limited_until, &status.conflict_until] {
+        if let Some(t) = parse_time(wait.as_deref()) {
+            at = at.max(t);
+        }
+    }
+    at
+}
+
+/// The same for `token:refresh`.
+pub fn token_next_allowed(status: &DeviceIdCredentialStatus, now: Timestamp) -> Timestamp {
+    let attempts = budget::parse_attempts(&status.token_attempts, now);
+    let at = budget::next_allowed(&TOKEN_REFRESH, &attempts, now);
+    parse_time(status.token_wait_until.as_deref()).map_or(at, |t| at.max(t))
+}
+
+/// The vendor's token expiry: RFC 3339, or Unix seconds or milliseconds (its format is unsettled).
+pub fn parse_token_expiry(expiry: &str) -> Option<Timestamp> {
+    let expiry = expiry.trim();
+    if let Ok(t) = expiry.parse::<Timestamp>() {
+        return Some(t);
+    }
+    let n: i64 = expiry.parse().ok()?;
+    if n > 100_000_000_000 {
+        Timestamp::from_millisecond(n).ok()
+    } else {
+        Timestamp::from_second(n).ok()
+    }
+}
+
+/// The renew annotation's value when it has not been acted on yet.
+pub fn pending_renew<'a>(obs: &Observation<'a>) -> Option<&'a str> {
+    obs.renew_annotation
+        .filter(|v| Some(*v) != obs.status.last_renew_request.as_deref())
+}
+
+/// What a 400/401 refused, so that the same call is not made again until something changes.
+pub fn rejection(
+    obs: &Observation<'_>,
+    credential: Credential,
+    reason: &str,
+    message: String,
+) -> Rejection {
+    Rejection {
+        reason: reason.to_string(),
+        message,
+        generation: obs.generation,
+        credential: credential_fingerprint(obs, credential),
+        renew_request: obs.renew_annotation.map(str::to_string),
+    }
+}
+
+/// The fingerprint of the certificate a call with `credential` authenticates with.
+pub fn credential_fingerprint(obs: &Observation<'_>, credential: Credential) -> String {
+    match (credential, obs.published) {
+        (Credential::Published, Some(p)) => p.fingerprint.clone(),
+        _ => obs.onboarding.fingerprint.clone(),
+    }
+}
+
+/// The step to take now.
+pub fn plan(obs: &Observation<'_>) -> Plan {
+    let now = obs.now;
+    let status = obs.status;
+    let next_attempt_time = cert_next_allowed(status, now);
+    let renewal = obs.published.map(|p| renewal_time(obs.spec, p));
+    let step = cert_step(obs, next_attempt_time, renewal);
+    Plan {
+        step,
+        next_attempt_time,
+        renewal_time: renewal,
+    }
+}
+
+fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Timestamp>) -> Step {
+    let now = obs.now;
+    let status = obs.status;
+    let renew = pending_renew(obs);
+    let valid = obs.published.filter(|p| p.not_after > now);
+    let ready = valid.is_some();
+
+    // What is due, with which credential, and until when nothing is.
+    let (reason, credential, due_at) = match (obs.published, valid) {
+        (None, _) => ("Initial", Credential::Onboarding, now),
+        (Some(_), None) => ("Expired", Credential::Onboarding, now),
+        (Some(_), Some(p)) => {
+            let deferred = status.unconfirmed_refresh.is_some();
+            let due = if deferred {
+                renewal.unwrap_or(now).max(defer_until(p))
+            } else {
+                renewal.unwrap_or(now)
+            };
+            match renew {
+                Some(_) => ("RenewRequested", Credential::Published, now),
+                None if deferred && now >= due => ("Deferred", Credential::Published, due),
+                None => ("Renewal", Credential::Published, due),
+            }
+        }
+    };
+
+    if let Some(r) = &status.rejected
+        && rejection_applies(obs, r, credential)
+    {
+        return Step::Wait {
+            ready,
+            reconciling: false,
+            stalled: true,
+            reason: static_reason(&r.reason),
+            message: r.message.clone(),
+            recheck: None,
+        };
+    }
+    if credential == Credential::Onboarding && obs.onboarding.not_after <= now {
+        return Step::Wait {
+            ready: false,
+            reconciling: false,
+            stalled: true,
+            reason: "OnboardingExpired",
+            message: format!(
+                "no valid certificate is published and the onboarding certificate expired at {}: re-onboard in the Cloud Identity Engine console and update Secret {}",
+                obs.onboarding.not_after, obs.spec.onboarding_secret_ref.name
+            ),
+            recheck: None,
+        };
+    }
+
+    if now < due_at {
+        if let (true, Some(p)) = (status.unconfirmed_refresh.is_some(), valid) {
+            return Step::Wait {
+                ready,
+                reconciling: true,
+                stalled: false,
+                reason: "RefreshOutcomeUnknown",
+                message: format!(
+                    "a cert:refresh at {} got no answer: the vendor may hold a newer certificate we never received, so another refresh could evict the published one (serial {}). Refreshing is deferred until {due_at}, close to its expiry; set the {} annotation to refresh now",
+                    status.unconfirmed_refresh.as_deref().unwrap_or_default(),
+                    p.serial_number,
+                    crate::api::RENEW_ANNOTATION,
+                ),
+                recheck: Some(due_at),
+            };
+        }
+        return token_step(obs).unwrap_or_else(|| Step::Wait {
+            ready,
+            reconciling: false,
+            stalled: false,
+            reason: "Valid",
+            message: format!(
+                "certificate (serial {}) is valid; next refresh at {due_at}",
+                valid.map(|p| p.serial_number.as_str()).unwrap_or_default()
+            ),
+            recheck: Some(due_at),
+        });
+    }
+
+    if now < next_allowed {
+        let (why, text) = match (
+            parse_time(status.rate_limited_until.as_deref()),
+            parse_time(status.conflict_until.as_deref()),
+        ) {
+            (Some(t), _) if t >= next_allowed => ("RateLimited", "the vendor answered 429"),
+            (_, Some(t)) if t >= next_allowed => (
+                "Conflict",
+                "the vendor answered 409 (another job is running)",
+            ),
+            _ if status.unconfirmed_refresh.is_some() && !ready => (
+                "RefreshOutcomeUnknown",
+                "the last cert:refresh got no answer; it is not retried before the budget allows",
+            ),
+            _ => ("RateLimited", "the refresh budget is spent for now"),
+        };
+        return Step::Wait {
+            ready,
+            reconciling: true,
+            stalled: false,
+            reason: why,
+            message: format!("{reason} refresh due: {text}; next call allowed at {next_allowed}"),
+            recheck: Some(next_allowed),
+        };
+    }
+    Step::RefreshCert { credential, reason }
+}
+
+/// A refusal stays in force while nothing a person could change has changed.
+fn rejection_applies(obs: &Observation<'_>, r: &Rejection, credential: Credential) -> bool {
+    r.generation == obs.generation
+        && r.credential == credential_fingerprint(obs, credential)
+        && r.renew_request.as_deref() == obs.renew_annotation
+}
+
+/// `token:refresh` when asked for and due, with the published certificate; `None` otherwise.
+fn token_step(obs: &Observation<'_>) -> Option<Step> {
+    let now = obs.now;
+    let status = obs.status;
+    let published = obs.published.filter(|p| p.not_after > now)?;
+    if !obs.spec.refresh_token {
+        return None;
+    }
+    let expiry = status.token_expiry.as_deref().and_then(parse_token_expiry);
+    let obtained = parse_time(status.token_obtained_time.as_deref());
+    // Without a known expiry the token's life is unknown: one refresh tells us.
+    let due = match (expiry, obtained) {
+        (Some(exp), Some(got)) => {
+            let life = exp.duration_since(got).max(SignedDuration::ZERO);
+            if status.unconfirmed_token_refresh.is_some() {
+                minus(exp, life / UNCONFIRMED_LEAD_DIVISOR as i32)
+            } else {
+                minus(exp, life / 3)
+            }
+        }
+        (Some(exp), None) => exp,
+        (None, _)
+            if status.token_expiry.is_some() && status.unconfirmed_token_refresh.is_none() =>
+        {
+            // A format we cannot read: no schedule, but say so.
+            return Some(Step::Wait {
+                ready: true,
+                reconciling: false,
+                stalled: false,
+                reason: "Valid",
+                message: format!(
+                    "certificate (serial {}) is valid; the token expiry format is not understood, so the token is not refreshed",
+                    published.serial_number
+                ),
+                recheck: Some(renewal_time(obs.spec, published)),
+            });
+        }
+        (None, _) => now,
+    };
+    if now < due {
+        return None;
+    }
+    let allowed = token_next_allowed(status, now);
+    if now < allowed {
+        return Some(Step::Wait {
+            ready: true,
+            reconciling: true,
+            stalled: false,
+            reason: "TokenRateLimited",
+            message: format!("token:refresh due; next call allowed at {allowed}"),
+            recheck: Some(allowed.min(renewal_time(obs.spec, published))),
+        });
+    }
+    Some(Step::RefreshToken)
+}
+
+/// How a call ended, as far as the bookkeeping cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A certificate (or token) was received and persisted.
+    Received,
+    /// 429, with the vendor's `Retry-After`.
+    RateLimited(Option<Duration>),
+    /// 409.
+    Conflict,
+    /// 400/401: a person must act; what was refused, to stop further calls like it.
+    Rejected(Rejection),
+    /// The request was certainly not processed (no connection, bad client configuration).
+    NotSent,
+    /// 5xx, transport failure, unusable success body: it may have happened.
+    Unknown,
+}
+
+/// Bookkeeping before a `cert:refresh`: the attempt and the unconfirmed marker, to be persisted
+/// before the call. Returns the previous marker, which a call that certainly did not issue
+/// anything puts back.
+pub fn record_cert_attempt(
+    status: &mut DeviceIdCredentialStatus,
+    now: Timestamp,
+) -> Option<String> {
+    let mut attempts = budget::parse_attempts(&status.attempts, now);
+    attempts.push(now);
+    status.attempts = budget::prune(&CERT_REFRESH, &attempts, now)
+        .iter()
+        .map(Timestamp::to_string)
+        .collect();
+    let previous = status.unconfirmed_refresh.clone();
+    // The oldest unconfirmed call is the one to remember: it is what may hold a certificate.
+    status.unconfirmed_refresh = Some(previous.clone().unwrap_or_else(|| now.to_string()));
+    previous
+}
+
+/// Bookkeeping after a `cert:refresh`. `jitter` in `[0, 1)` spreads 409 backoffs (±20%).
+pub fn after_cert_call(
+    status: &mut DeviceIdCredentialStatus,
+    outcome: &Outcome,
+    previous_unconfirmed: Option<String>,
+    now: Timestamp,
+    jitter: f64,
+) {
+    let definitive_no = |status: &mut DeviceIdCredentialStatus| {
+        status.unconfirmed_refresh = previous_unconfirmed.clone();
+    };
+    match outcome {
+        Outcome::Received => {
+            status.unconfirmed_refresh = None;
+            status.consecutive_conflicts = None;
+            status.conflict_until = None;
+            status.rate_limited_until = None;
+            status.rejected = None;
+            status.last_failure_time = None;
+        }
+        Outcome::RateLimited(retry_after) => {
+            definitive_no(status);
+            status.consecutive_conflicts = None;
+            status.conflict_until = None;
+            status.rate_limited_until =
+                Some(budget::after_rate_limited_with(*retry_after, now).to_string());
+            status.last_failure_time = Some(now.to_string());
+        }
+        Outcome::Conflict => {
+            definitive_no(status);
+            let n = status.consecutive_conflicts.unwrap_or(0).saturating_add(1);
+            status.consecutive_conflicts = Some(n);
+            let until = budget::conflict_backoff(u32::try_from(n).unwrap_or(1), now);
+            status.conflict_until = Some(jittered(now, until, jitter).to_string());
+            status.last_failure_time = Some(now.to_string());
+        }
+        Outcome::Rejected(rejection) => {
+            definitive_no(status);
+            status.rejected = Some(rejection.clone());
+            status.last_failure_time = Some(now.to_string());
+        }
+        Outcome::NotSent => {
+            definitive_no(status);
+            status.last_failure_time = Some(now.to_string());
+        }
+        Outcome::Unknown => {
+            status.last_failure_time = Some(now.to_string());
+        }
+    }
+}
+
+/// `until` moved by ±20% of the wait, never before `now`.
+fn jittered(now: Timestamp, until: Timestamp, jitter: f64) -> Timestamp {
+    let wait = until.duration_since(now);
+    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    let secs = (wait.as_secs_f64() * factor).max(0.0);
+    now.checked_add(SignedDuration::from_secs_f64(secs))
+        .unwrap_or(until)
+        .max(now)
+}
+
+/// The token counterparts of [`record_cert_attempt`] and [`after_cert_call`].
+pub fn record_token_attempt(
+    status: &mut DeviceIdCredentialStatus,
+    now: Timestamp,
+) -> Option<String> {
+    let mut attempts = budget::parse_attempts(&status.token_attempts, now);
+    attempts.push(now);
+    status.token_attempts = budget::prune(&TOKEN_REFRESH, &attempts, now)
+        .iter()
+        .map(Timestamp::to_string)
+        .collect();
+    let previous = status.unconfirmed_token_refresh.clone();
+    status.unconfirmed_token_refresh = Some(previous.clone().unwrap_or_else(|| now.to_string()));
+    previous
+}
+
+pub fn after_token_call(
+    status: &mut DeviceIdCredentialStatus,
+    outcome: &Outcome,
+    previous_unconfirmed: Option<String>,
+    now: Timestamp,
+) {
+    match outcome {
+        Outcome::Received => {
+            status.unconfirmed_token_refresh = None;
+            status.token_wait_until = None;
+            status.token_obtained_time = Some(now.to_string());
+        }
+        Outcome::RateLimited(retry_after) => {
+            status.unconfirmed_token_refresh = previous_unconfirmed;
+            status.token_wait_until =
+                Some(budget::after_rate_limited_with(*retry_after, now).to_string());
+        }
+        Outcome::Conflict => {
+            status.unconfirmed_token_refresh = previous_unconfirmed;
+            status.token_wait_until = Some(budget::conflict_backoff(1, now).to_string());
+        }
+        Outcome::Rejected(_) | Outcome::NotSent => {
+            status.unconfirmed_token_refresh = previous_unconfirmed;
+            // Tokens are a convenience next to the certificate: try again after a pause.
+            status.token_wait_until = Some(budget::after_rate_limited(now).to_string());
+        }
+        Outcome::Unknown => {}
+    }
+}
+
+/// The status fields that describe the published certificate. A certificate in the output
+/// Secret that status does not know yet was received after a crash before status was written:
+/// it settles the unconfirmed refresh (we hold the newest certificate again). Returns whether
+/// such a certificate was adopted.
+pub fn describe_published(
+    status: &mut DeviceIdCredentialStatus,
+    spec: &DeviceIdCredentialSpec,
+    published: Option<&CertInfo>,
+) -> bool {
+    let Some(p) = published else {
+        status.published_fingerprint = None;
+        status.serial_number = None;
+        status.not_before = None;
+        status.not_after = None;
+        status.renewal_time = None;
+        return false;
+    };
+    let adopted = status
+        .published_fingerprint
+        .as_deref()
+        .is_some_and(|f| f != p.fingerprint)
+        || (status.published_fingerprint.is_none() && status.unconfirmed_refresh.is_some());
+    if adopted {
+        status.unconfirmed_refresh = None;
+    }
+    status.published_fingerprint = Some(p.fingerprint.clone());
+    status.serial_number = Some(p.serial_number.clone());
+    status.not_before = Some(p.not_before.to_string());
+    status.not_after = Some(p.not_after.to_string());
+    status.renewal_time = Some(renewal_time(spec, p).to_string());
+    status.cert_name = Some(spec.cert_name.clone());
+    adopted
+}
+
+/// Verdict reasons are `&'static str`; those read back from status come from this fixed set.
+pub fn static_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Unauthorized",
+        "BadRequest",
+        "InvalidConfig",
+        "UnexpectedStatus",
+    ];
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == reason)
+        .unwrap_or("Rejected")
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
