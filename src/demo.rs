@@ -14,14 +14,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::api::{self, TenantCertificate};
+use crate::api::{self, DeviceIdCredential, TenantCertificate};
 use crate::controller::{Options, PollPolicy};
 use crate::pki::{KeyAlgorithm, ca::Ca};
 use crate::sim::aic::{AicSim, AicSimConfig};
+use crate::sim::cie::{CieSim, CieSimConfig};
 use crate::sim::kube::StandIn;
 
 const LOCAL_EXAMPLE: &str = include_str!("../deploy/examples/tenantcertificate-local.yaml");
 const TENANT_EXAMPLE: &str = include_str!("../deploy/examples/tenantcertificate-tenant.yaml");
+const DEVICE_ID_EXAMPLE: &str = include_str!("../deploy/examples/deviceidcredential.yaml");
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -65,11 +67,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let cie = CieSim::start("127.0.0.1:0".parse()?, CieSimConfig::default()).await?;
     let client = standin.client();
     println!(
-        "certrotor demo — Kubernetes API stand-in at {}, AIC tenant simulator at {}",
+        "certrotor demo — Kubernetes API stand-in at {}, AIC tenant simulator at {}, CIE Device-ID simulator at {}",
         standin.url(),
-        aic.url()
+        aic.url(),
+        cie.url()
     );
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -113,7 +117,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         started,
         seen: BTreeMap::new(),
     };
-    let result = tokio::time::timeout(options.timeout, demo.story(&aic)).await;
+    let result = tokio::time::timeout(options.timeout, demo.story(&aic, &cie)).await;
     let outcome = match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
@@ -148,12 +152,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), operator).await;
     aic.shutdown().await;
+    cie.shutdown().await;
     standin.shutdown().await;
     outcome
 }
 
 impl Demo {
-    async fn story(&mut self, aic: &AicSim) -> anyhow::Result<()> {
+    async fn story(&mut self, aic: &AicSim, cie: &CieSim) -> anyhow::Result<()> {
         self.put_secret(
             "identity",
             "aic-service-account",
@@ -161,6 +166,33 @@ impl Demo {
             "Opaque",
         )
         .await?;
+
+        // Device-ID: the onboarding bundle from the console, then the example resource.
+        let onboarding = cie.onboarding();
+        let mut device: DeviceIdCredential =
+            serde_saphyr::from_str(DEVICE_ID_EXAMPLE).context("parsing the Device-ID example")?;
+        device.spec.endpoint = cie.url();
+        device.spec.ca_bundle = Some(cie.ca_pem());
+        let data = [
+            ("tls.crt".into(), onboarding.cert_pem),
+            ("tls.key".into(), onboarding.key_pem),
+            ("apiKey".into(), onboarding.api_key),
+        ];
+        self.put_secret(
+            "deviceid",
+            &device.spec.onboarding_secret_ref.name,
+            data.into(),
+            "Opaque",
+        )
+        .await?;
+        Api::<DeviceIdCredential>::namespaced(self.client.clone(), "deviceid")
+            .create(&PostParams::default(), &device)
+            .await?;
+        self.say(&format!(
+            "applied DeviceIdCredential deviceid/{} (certName {})",
+            device.name_any(),
+            device.spec.cert_name
+        ));
 
         // Local: a key and chain kept in Kubernetes, as cert-manager would.
         let local: TenantCertificate = example(LOCAL_EXAMPLE, &aic.url())?;
@@ -207,7 +239,48 @@ impl Demo {
             .await?;
         self.wait("identity", &tenant.name_any(), |id| id != tenant_id)
             .await?;
+
+        let serial = self
+            .wait_device("deviceid", &device.name_any(), None)
+            .await?;
+        self.say("rotation: `kubectl annotate didc acme-iot certrotor.io/renew=1` (inside the refresh budget)");
+        Api::<DeviceIdCredential>::namespaced(self.client.clone(), "deviceid")
+            .patch(
+                &device.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.wait_device("deviceid", &device.name_any(), Some(&serial))
+            .await?;
         Ok(())
+    }
+
+    /// Waits until the Device-ID credential is Ready with a serial other than `not`.
+    async fn wait_device(
+        &mut self,
+        ns: &str,
+        name: &str,
+        not: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let api: Api<DeviceIdCredential> = Api::namespaced(self.client.clone(), ns);
+        loop {
+            self.timeline().await;
+            let status = api.get(name).await?.status.unwrap_or_default();
+            if let Some(c) =
+                api::condition(&status.conditions, api::STALLED).filter(|c| c.status == "True")
+            {
+                bail!("{ns}/{name} is Stalled: {}: {}", c.reason, c.message);
+            }
+            let ready = api::is_true(&status.conditions, api::READY);
+            if let Some(serial) = status
+                .serial_number
+                .filter(|s| ready && Some(s.as_str()) != not)
+            {
+                return Ok(serial);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn tcerts(&self, ns: &str) -> Api<TenantCertificate> {
@@ -342,19 +415,38 @@ impl Demo {
 
     /// Prints what changed since the last look, one line per change.
     async fn timeline(&mut self) {
-        let Ok(list) = Api::<TenantCertificate>::all(self.client.clone())
+        let mut lines = vec![];
+        if let Ok(list) = Api::<TenantCertificate>::all(self.client.clone())
             .list(&Default::default())
             .await
-        else {
-            return;
-        };
-        for t in list {
-            let key = format!(
-                "tcert {}/{}",
-                t.namespace().unwrap_or_default(),
-                t.name_any()
-            );
-            let line = describe(&t);
+        {
+            lines.extend(list.into_iter().map(|t| {
+                (
+                    format!(
+                        "tcert {}/{}",
+                        t.namespace().unwrap_or_default(),
+                        t.name_any()
+                    ),
+                    describe(&t),
+                )
+            }));
+        }
+        if let Ok(list) = Api::<DeviceIdCredential>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+        {
+            lines.extend(list.into_iter().map(|d| {
+                (
+                    format!(
+                        "didc {}/{}",
+                        d.namespace().unwrap_or_default(),
+                        d.name_any()
+                    ),
+                    describe_device(&d),
+                )
+            }));
+        }
+        for (key, line) in lines {
             if self.seen.get(&key) != Some(&line) {
                 println!(
                     "[{:>5.1}s] {key:<36} {line}",
@@ -380,6 +472,27 @@ impl Demo {
             }
         }
     }
+}
+
+fn describe_device(d: &DeviceIdCredential) -> String {
+    let Some(s) = &d.status else {
+        return "(no status yet)".into();
+    };
+    let mut line = match api::condition(&s.conditions, api::READY) {
+        Some(c) => format!("Ready={} {:<20}", c.status, c.reason),
+        None => "Ready=? ".into(),
+    };
+    if let Some(serial) = &s.serial_number {
+        line.push_str(&format!(
+            " serial={serial} notAfter={}",
+            s.not_after.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(evicted) = s.deleted_cert_name.as_deref().filter(|n| !n.is_empty()) {
+        line.push_str(&format!(" evicted={evicted}"));
+    }
+    line.push_str(&format!(" refreshes={}", s.attempts.len()));
+    line
 }
 
 fn describe(t: &TenantCertificate) -> String {
