@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS_BIN="$(scripts/ci-tools.sh | tail -1)"
+TOOLS_BIN="$(bash scripts/ci-tools.sh | tail -1)"
 export PATH="$TOOLS_BIN:$PATH"
 PY="$TOOLS_BIN/../venv/bin/python"
 CHART=charts/certrotor
