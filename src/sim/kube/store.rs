@@ -434,6 +434,17 @@ impl State {
             )));
         }
         let live = self.get(info, ns, name)?;
+        // Custom resources allow no unconditional update (patches carry the live version).
+        if info.custom && meta_str(&new, "resourceVersion").is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(
+                info,
+                name,
+                &[
+                    "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+                        .into(),
+                ],
+            ));
+        }
         // Writes happen in the served form; events are converted back below.
         let live_served = convert::serve(info, &info.versions[0], &live).into_owned();
         if let Some(rv) = meta_str(&new, "resourceVersion")
