@@ -638,7 +638,13 @@ async fn watch_bookmarks_timeout_and_selector_transitions() {
             other => break other,
         }
     };
-    assert!(matches!(deleted, WatchEvent::Deleted(c) if c.name_any() == "sel"));
+    match deleted {
+        WatchEvent::Deleted(c) => {
+            assert_eq!(c.name_any(), "sel");
+            assert_eq!(c.labels()["app"], "web", "the last content that matched");
+        }
+        other => panic!("expected DELETED, got {other:?}"),
+    }
     // And matching again is an ADDED.
     cms.patch(
         "sel",

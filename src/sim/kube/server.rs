@@ -529,6 +529,20 @@ impl WatchFilter {
         }
     }
 
+    /// The line this watcher gets for a change, if any. An object that stops matching is sent
+    /// as the real server does: its last matching content, at the change's resourceVersion.
+    fn change_line(&self, change: &Change) -> Option<Bytes> {
+        let type_ = self.event_type(change)?;
+        if let (ChangeKind::Modified, "DELETED", Some(prev)) =
+            (change.kind, type_, change.previous.as_deref())
+        {
+            let mut last = prev.clone();
+            last["metadata"]["resourceVersion"] = Value::String(change.rv.to_string());
+            return Some(self.line(type_, &last));
+        }
+        Some(self.line(type_, &change.object))
+    }
+
     fn line(&self, type_: &str, obj: &Value) -> Bytes {
         let served = convert::serve(&self.info, &self.version, obj);
         let object = match self.repr {
@@ -616,11 +630,7 @@ async fn watch(app: Arc<App>, req: Request) -> Response {
                 }
                 Ok(rv) => match state.changes_since(rv) {
                     Ok(changes) => {
-                        for c in changes {
-                            if let Some(t) = filter.event_type(&c) {
-                                first.push(filter.line(t, &c.object));
-                            }
-                        }
+                        first.extend(changes.iter().filter_map(|c| filter.change_line(c)));
                     }
                     // The real server answers 200 and then an ERROR event with the 410 Status.
                     Err(gone) => {
@@ -693,8 +703,8 @@ async fn stream_changes(
                         continue;
                     }
                     last_rv = change.rv;
-                    match filter.event_type(&change) {
-                        Some(t) => filter.line(t, &change.object),
+                    match filter.change_line(&change) {
+                        Some(line) => line,
                         None => continue,
                     }
                 }
