@@ -206,6 +206,9 @@ impl StandIn {
         });
         let router = axum::Router::new()
             .fallback(server::handle)
+            // The real server's request limit (3 MiB), not axum's 2 MB default: a Secret may
+            // hold up to 1 MiB of base64 data.
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
             .with_state(app.clone());
         let mut stopped_signal = stopped;
         let task = tokio::spawn(async move {

@@ -722,3 +722,165 @@ async fn stream_changes(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kube::resources::builtins;
+
+    fn target(path: &str) -> Option<(Option<String>, String, Option<String>, Option<String>)> {
+        parse_target(path).map(|t| (t.namespace, t.plural, t.name, t.subresource))
+    }
+
+    #[test]
+    fn paths_name_resources() {
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            target("/api/v1/secrets"),
+            Some((None, s("secrets").unwrap(), None, None))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/ns1/secrets/a"),
+            Some((s("ns1"), "secrets".into(), s("a"), None))
+        );
+        assert_eq!(
+            target("/apis/x.io/v1/namespaces/ns1/widgets/w/status"),
+            Some((s("ns1"), "widgets".into(), s("w"), s("status")))
+        );
+        // The Namespace's own status, not a resource called "status" in namespace "n".
+        assert_eq!(
+            target("/api/v1/namespaces/n/status"),
+            Some((None, "namespaces".into(), s("n"), s("status")))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/n"),
+            Some((None, "namespaces".into(), s("n"), None))
+        );
+        assert_eq!(target("/apis/x.io/v1/a/b/c/d"), None);
+        assert_eq!(target("/healthz"), None);
+        let t = parse_target("/apis/coordination.k8s.io/v1/leases").unwrap();
+        assert_eq!(
+            (t.group.as_str(), t.version.as_str()),
+            ("coordination.k8s.io", "v1")
+        );
+    }
+
+    #[test]
+    fn accept_header_picks_the_representation() {
+        let with = |accept: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, accept.parse().unwrap());
+            repr(&h)
+        };
+        assert_eq!(
+            with("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+            Repr::Table
+        );
+        assert_eq!(
+            with("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            Repr::Metadata
+        );
+        assert_eq!(
+            with("application/vnd.kubernetes.protobuf,application/json"),
+            Repr::Full
+        );
+        assert_eq!(repr(&HeaderMap::new()), Repr::Full);
+    }
+
+    #[test]
+    fn content_types_pick_the_patch() {
+        let q = HashMap::from([("fieldManager".to_string(), "m".to_string())]);
+        assert_eq!(
+            patch_kind("application/merge-patch+json", &q).unwrap(),
+            PatchKind::Merge
+        );
+        assert_eq!(
+            patch_kind("application/json-patch+json; charset=utf-8", &q).unwrap(),
+            PatchKind::Json
+        );
+        assert_eq!(
+            patch_kind("application/apply-patch+yaml", &q).unwrap(),
+            PatchKind::Apply { force: false }
+        );
+        assert_eq!(
+            patch_kind("application/apply-patch+yaml", &HashMap::new())
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(patch_kind("text/plain", &q).unwrap_err().code, 415);
+    }
+
+    fn change(kind: ChangeKind, prev: Option<Value>, now: Value) -> Change {
+        Change {
+            rv: 9,
+            storage: "/configmaps".into(),
+            kind,
+            object: Arc::new(now),
+            previous: prev.map(Arc::new),
+        }
+    }
+
+    #[test]
+    fn watchers_see_selector_transitions() {
+        let info = Arc::new(
+            builtins()
+                .into_iter()
+                .find(|r| r.plural == "configmaps")
+                .unwrap(),
+        );
+        let filter = WatchFilter {
+            info,
+            version: "v1".into(),
+            namespace: Some("a".into()),
+            labels: LabelSelector::parse("app=web").unwrap(),
+            fields: FieldSelector::default(),
+            repr: Repr::Full,
+        };
+        let obj = |ns: &str, app: &str| json!({"metadata": {"name": "x", "namespace": ns, "labels": {"app": app}}});
+        let web = obj("a", "web");
+        let db = obj("a", "db");
+        let t = |c: &Change| filter.event_type(c);
+        assert_eq!(
+            t(&change(ChangeKind::Added, None, web.clone())),
+            Some("ADDED")
+        );
+        assert_eq!(t(&change(ChangeKind::Added, None, db.clone())), None);
+        assert_eq!(t(&change(ChangeKind::Added, None, obj("b", "web"))), None);
+        assert_eq!(
+            t(&change(
+                ChangeKind::Modified,
+                Some(web.clone()),
+                web.clone()
+            )),
+            Some("MODIFIED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(db.clone()), web.clone())),
+            Some("ADDED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(web.clone()), db.clone())),
+            Some("DELETED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(db.clone()), db.clone())),
+            None
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Deleted, Some(web.clone()), web.clone())),
+            Some("DELETED")
+        );
+        let mut other = change(ChangeKind::Added, None, web);
+        other.storage = "/secrets".into();
+        assert_eq!(t(&other), None);
+
+        let line = filter
+            .change_line(&change(ChangeKind::Modified, Some(obj("a", "web")), db))
+            .unwrap();
+        let ev: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(ev["type"], "DELETED");
+        assert_eq!(ev["object"]["metadata"]["labels"]["app"], "web");
+        assert_eq!(ev["object"]["metadata"]["resourceVersion"], "9");
+    }
+}
