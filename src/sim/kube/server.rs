@@ -728,7 +728,10 @@ mod tests {
     use super::*;
     use crate::sim::kube::resources::builtins;
 
-    fn target(path: &str) -> Option<(Option<String>, String, Option<String>, Option<String>)> {
+    /// (namespace, plural, name, subresource)
+    type Parts = (Option<String>, String, Option<String>, Option<String>);
+
+    fn target(path: &str) -> Option<Parts> {
         parse_target(path).map(|t| (t.namespace, t.plural, t.name, t.subresource))
     }
 
