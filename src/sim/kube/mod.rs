@@ -29,7 +29,8 @@
 //!   (`PartialObjectMetadata`) responses, and validation/pruning against CRD schemas (see
 //!   [`schema`] for what is and is not checked).
 //!
-//! Not served: authentication and authorization (every request is allowed), protobuf,
+//! Not served: authentication and authorization (every request is allowed), protobuf (except
+//! the Secret, ConfigMap and Namespace bodies `kubectl create` sends; answers are JSON),
 //! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
 //! validation rules, `managedFields`, pagination tokens, and every kind not listed above.
 
@@ -37,6 +38,7 @@ mod convert;
 mod discovery;
 mod error;
 pub mod patch;
+mod protobuf;
 mod resources;
 pub mod schema;
 mod selector;

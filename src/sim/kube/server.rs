@@ -16,6 +16,7 @@ use tokio::sync::{RwLock, broadcast, mpsc};
 use super::convert;
 use super::discovery;
 use super::error::ApiError;
+use super::protobuf;
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Change, ChangeKind, Deleted, PatchKind, State};
@@ -243,8 +244,8 @@ impl Request {
             FieldSelector::parse(q("fieldSelector")).map_err(ApiError::bad_request)?,
         ))
     }
-    /// JSON bodies; `application/apply-patch+yaml` may also be YAML. Protobuf and CBOR get
-    /// 415, which tells client-go to fall back to JSON.
+    /// JSON bodies; `application/apply-patch+yaml` may also be YAML; protobuf for the few
+    /// built-ins kubectl creates that way. CBOR gets 415, which tells client-go to use JSON.
     fn body_value(&self) -> Result<Value, ApiError> {
         if self.body.is_empty() {
             return Ok(Value::Null);
@@ -252,8 +253,14 @@ impl Request {
         if self
             .content_type
             .starts_with("application/vnd.kubernetes.protobuf")
-            || self.content_type.starts_with("application/cbor")
         {
+            return protobuf::decode(&self.body).map_err(|why| {
+                let mut e = ApiError::unsupported_media_type(&self.content_type);
+                e.message = format!("{} ({why})", e.message);
+                e
+            });
+        }
+        if self.content_type.starts_with("application/cbor") {
             return Err(ApiError::unsupported_media_type(&self.content_type));
         }
         serde_json::from_slice(&self.body).or_else(|json_err| {

@@ -305,7 +305,8 @@ impl State {
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});
         }
-        if let (Some(url_ns), Some(body_ns)) = (ns, meta_str(&obj, "namespace"))
+        let body_ns = meta_str(&obj, "namespace").filter(|n| !n.is_empty());
+        if let (Some(url_ns), Some(body_ns)) = (ns, body_ns)
             && info.namespaced
             && url_ns != body_ns
         {
