@@ -133,6 +133,37 @@ fn object_meta(bytes: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(meta))
 }
 
+/// Where a kind keeps its fields (besides `metadata = 1`).
+struct Layout {
+    /// `(field number, JSON name, values are bytes)` of its maps.
+    maps: &'static [(u64, &'static str, bool)],
+    /// `(field number, JSON name)` of its string fields.
+    strings: &'static [(u64, &'static str)],
+    /// Field number of `immutable`.
+    immutable: Option<u64>,
+}
+
+fn layout(api_version: &str, kind: &str) -> Option<Layout> {
+    match (api_version, kind) {
+        ("v1", "Secret") => Some(Layout {
+            maps: &[(2, "data", true), (4, "stringData", false)],
+            strings: &[(3, "type")],
+            immutable: Some(5),
+        }),
+        ("v1", "ConfigMap") => Some(Layout {
+            maps: &[(2, "data", false), (3, "binaryData", true)],
+            strings: &[],
+            immutable: Some(4),
+        }),
+        ("v1", "Namespace") => Some(Layout {
+            maps: &[],
+            strings: &[],
+            immutable: None,
+        }),
+        _ => None,
+    }
+}
+
 /// Decodes a protobuf-encoded Secret, ConfigMap or Namespace into its JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let envelope = body
@@ -157,39 +188,21 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), json!(api_version));
     obj.insert("kind".into(), json!(kind));
-    // (field number, JSON name, binary values?) of each kind's maps; everything else by hand.
-    let (maps, strings): (&[(u64, &str, bool)], &[(u64, &str)]) =
-        match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Secret") => (
-                &[(2, "data", true), (4, "stringData", false)],
-                &[(3, "type")],
-            ),
-            ("v1", "ConfigMap") => (&[(2, "data", false), (3, "binaryData", true)], &[]),
-            ("v1", "Namespace") => (&[], &[]),
-            _ => {
-                return Err(format!(
-                    "protobuf for {api_version} {kind} is not supported"
-                ));
-            }
-        };
-    let immutable_field = match kind.as_str() {
-        "Secret" => Some(5),
-        "ConfigMap" => Some(4),
-        _ => None,
-    };
+    let layout = layout(&api_version, &kind)
+        .ok_or_else(|| format!("protobuf for {api_version} {kind} is not supported"))?;
     for (n, f) in fields(raw)? {
         match f {
             Field::Bytes(b) if n == 1 => {
                 obj.insert("metadata".into(), object_meta(b)?);
             }
             Field::Bytes(b) => {
-                if let Some((_, name, binary)) = maps.iter().find(|(num, _, _)| *num == n) {
+                if let Some((_, name, binary)) = layout.maps.iter().find(|(num, _, _)| *num == n) {
                     insert_entry(&mut obj, name, b, *binary)?;
-                } else if let Some((_, name)) = strings.iter().find(|(num, _)| *num == n) {
+                } else if let Some((_, name)) = layout.strings.iter().find(|(num, _)| *num == n) {
                     obj.insert((*name).into(), json!(text(b)?));
                 }
             }
-            Field::Varint(v) if Some(n) == immutable_field => {
+            Field::Varint(v) if Some(n) == layout.immutable => {
                 obj.insert("immutable".into(), json!(v != 0));
             }
             Field::Varint(_) => {}
