@@ -116,6 +116,16 @@ async fn kubectl_works_against_the_standin() {
     assert!(wide.contains("vendor"), "{wide}");
     let none = k.run(&["get", "didc", "-l", "team=core"], None).await;
     assert!(!none.contains("vendor"), "{none}");
+    let everywhere = k.run(&["get", "didc", "-A"], None).await;
+    assert!(everywhere.starts_with("NAMESPACE"), "{everywhere}");
+    let explained = k.run(&["explain", "didc.spec.certName"], None).await;
+    assert!(explained.contains("DeviceIdCredential"), "{explained}");
+    k.run(&["create", "namespace", "team"], None).await;
+    let namespaces = k.run(&["get", "namespaces"], None).await;
+    assert!(
+        namespaces.contains("team") && namespaces.contains("Active"),
+        "{namespaces}"
+    );
     let json = k.run(&["get", "didc", "vendor", "-o", "json"], None).await;
     let obj: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(obj["spec"]["certName"], "vendor-cert-2");
