@@ -29,10 +29,19 @@
 //!   (`PartialObjectMetadata`) responses, and validation/pruning against CRD schemas (see
 //!   [`schema`] for what is and is not checked).
 //!
+//! kubectl (checked with 1.32 in `tests/standin_kubectl.rs`): aggregated discovery, Tables for
+//! `get` (CRD printer columns, `-A`, `-l`, `-w`), `describe` with Events, client-side and
+//! server-side `apply`, `create secret|configmap|namespace` (protobuf bodies), `label`,
+//! `annotate`, `patch`, `wait --for=condition`, `delete` (which waits via a watch), and
+//! `explain` for CRD kinds via a minimal `/openapi/v3` that also tells kubectl the server
+//! validates fields itself (unknown fields are pruned, not rejected, whatever
+//! `fieldValidation` says).
+//!
 //! Not served: authentication and authorization (every request is allowed), protobuf (except
 //! the Secret, ConfigMap and Namespace bodies `kubectl create` sends; answers are JSON),
 //! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
-//! validation rules, `managedFields`, pagination tokens, and every kind not listed above.
+//! validation rules, `managedFields`, pagination tokens, `resourceVersion` semantics on list and
+//! get (always the latest state), and every kind not listed above.
 
 mod convert;
 mod discovery;
