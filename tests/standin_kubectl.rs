@@ -1,5 +1,6 @@
-//! The stand-in driven by a real `kubectl`, when one is on PATH (CI has none: the test then
-//! says so and passes without checking anything).
+//! The stand-in driven by a real `kubectl`: `$KUBECTL`, else the one `scripts/ci-tools.sh`
+//! installs in `.ci/tools/bin` (kubectl 1.33), else one on PATH. CI installs it before the tests
+//! run, so there (`CI` set) a missing kubectl fails the test; elsewhere the test says so and skips.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 
 struct Kubectl {
+    binary: PathBuf,
     kubeconfig: PathBuf,
     cache: PathBuf,
 }
@@ -24,7 +26,7 @@ impl Kubectl {
 
     async fn try_run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new("kubectl");
+        let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(args)
             .arg("--cache-dir")
             .arg(&self.cache)
@@ -51,10 +53,18 @@ impl Kubectl {
     }
 }
 
-fn kubectl_on_path() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("kubectl").is_file())
-    })
+fn find_kubectl() -> Option<PathBuf> {
+    if let Some(explicit) = std::env::var_os("KUBECTL") {
+        return Some(PathBuf::from(explicit));
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/bin/kubectl");
+    if installed.is_file() {
+        return Some(installed);
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
 }
 
 const DEVICE: &str = "apiVersion: certrotor.io/v1alpha1
@@ -73,15 +83,20 @@ spec:
 
 #[tokio::test]
 async fn kubectl_works_against_the_standin() {
-    if !kubectl_on_path() {
-        eprintln!("kubectl is not on PATH; skipping the kubectl checks");
+    let Some(binary) = find_kubectl() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install kubectl (scripts/ci-tools.sh) before the tests"
+        );
+        eprintln!("no kubectl found; skipping the kubectl checks (run scripts/ci-tools.sh)");
         return;
-    }
+    };
     let s = StandIn::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let k = Kubectl {
+        binary,
         kubeconfig: dir.path().join("kubeconfig"),
         cache: dir.path().join("cache"),
     };
@@ -204,6 +219,7 @@ async fn kubectl_works_against_the_standin() {
     // Waiting on a condition the "operator" sets, then deleting (kubectl waits for it to go).
     let waiter = tokio::spawn({
         let k = Kubectl {
+            binary: k.binary.clone(),
             kubeconfig: k.kubeconfig.clone(),
             cache: k.cache.clone(),
         };
