@@ -6,6 +6,7 @@ pub mod aic;
 pub mod api;
 pub mod cie;
 pub mod controller;
+pub mod demo;
 pub mod pki;
 pub mod sim;
 pub mod telemetry;

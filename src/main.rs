@@ -28,6 +28,15 @@ enum Command {
     Run(RunArgs),
     /// Print every CRD as multi-document YAML.
     Crd,
+    /// The whole story with no cluster and no tenant: stand-in API, simulators, operator, examples.
+    Demo {
+        /// Stay up afterwards and print a kubeconfig path for kubectl.
+        #[arg(long)]
+        keep: bool,
+        /// Give up (exit non-zero) after this long.
+        #[arg(long, default_value = "120s", value_parser = duration)]
+        timeout: Duration,
+    },
     /// Run a tenant simulator on its own.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -62,6 +71,14 @@ enum SimCommand {
         #[arg(long)]
         credentials_out: Option<std::path::PathBuf>,
     },
+    /// Prisma Access CIE Third-Party Device-ID simulator (HTTPS, client certificates required).
+    Cie {
+        #[arg(long, env = "CERTROTOR_SIM_LISTEN", default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Write the onboarding bundle (tls.crt, tls.key, apiKey, ca.crt, a Secret manifest) here.
+        #[arg(long)]
+        onboarding_out: Option<std::path::PathBuf>,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -71,11 +88,25 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The demo tells its own story on stdout; logs only for what goes wrong.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    telemetry::init(cli.log_format, default_level);
     // aws-lc-rs is the one crypto provider compiled in; say so explicitly for rustls.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Crd => print!("{}", certrotor::api::crds_yaml()),
+        Command::Demo { keep, timeout } => {
+            certrotor::demo::run(certrotor::demo::DemoOptions {
+                keep,
+                timeout,
+                ..Default::default()
+            })
+            .await?;
+        }
         Command::Run(args) => {
             let client = kube::Client::try_default().await?;
             let options = certrotor::controller::Options {
@@ -101,6 +132,17 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             certrotor::sim::aic::run_cli(listen, config, credentials_out).await?;
+        }
+        Command::Sim(SimCommand::Cie {
+            listen,
+            onboarding_out,
+        }) => {
+            certrotor::sim::cie::run_cli(
+                listen,
+                certrotor::sim::cie::CieSimConfig::default(),
+                onboarding_out,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
 use certrotor::aic::{AicClient, ClientOptions, Credentials};
+use common::*;
 use kube::api::{Patch, PatchParams};
 
 /// Tenant calls made for one resource, with the support team's certificate excluded.
@@ -15,7 +15,11 @@ fn summarize(calls: &[String]) -> String {
     for c in calls {
         *counts.entry(c.as_str()).or_default() += 1;
     }
-    counts.iter().map(|(k, v)| format!("{v}× {k}")).collect::<Vec<_>>().join(", ")
+    counts
+        .iter()
+        .map(|(k, v)| format!("{v}× {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,22 +27,54 @@ async fn local_certificate_becomes_ready() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env)).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
     let t = env.wait_ready("login").await;
     let status = t.status.unwrap();
-    assert_eq!(status.fingerprint.as_deref(), Some(fingerprint(&chain).as_str()));
+    assert_eq!(
+        status.fingerprint.as_deref(),
+        Some(fingerprint(&chain).as_str())
+    );
     assert_eq!((status.active, status.live), (Some(true), Some(true)));
     assert_eq!(status.subject_alternative_names, ["login.example.com"]);
-    let ours: Vec<_> = env.aic.certificates().into_iter().filter(|c| !c.created_by_support && !c.deleted).collect();
+    let ours: Vec<_> = env
+        .aic
+        .certificates()
+        .into_iter()
+        .filter(|c| !c.created_by_support && !c.deleted)
+        .collect();
     assert_eq!(ours.len(), 1, "exactly one upload");
     assert!(ours[0].active && ours[0].live);
     let calls = env.tenant_calls();
-    println!("Local apply→Ready tenant calls ({}): {}", calls.len(), summarize(&calls));
-    assert_eq!(calls.iter().filter(|c| c.starts_with("POST /am/oauth2")).count(), 1, "one token");
-    assert_eq!(calls.iter().filter(|c| c.starts_with("POST /environment/certificates")).count(), 1);
+    println!(
+        "Local apply→Ready tenant calls ({}): {}",
+        calls.len(),
+        summarize(&calls)
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("POST /am/oauth2"))
+            .count(),
+        1,
+        "one token"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("POST /environment/certificates"))
+            .count(),
+        1
+    );
     let events = env.events("login").await;
-    assert!(events.contains(&("Normal".into(), "Uploaded".into())), "{events:?}");
-    assert!(events.contains(&("Normal".into(), "Ready".into())), "{events:?}");
+    assert!(
+        events.contains(&("Normal".into(), "Uploaded".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("Normal".into(), "Ready".into())),
+        "{events:?}"
+    );
     env.shutdown().await;
 }
 
@@ -58,23 +94,58 @@ spec:
         &env,
     );
     env.apply(&yaml).await;
-    let t = env.wait_for("idp", 20, "CSR published", |t| t.status.as_ref().is_some_and(|s| s.csr.is_some())).await;
-    assert_eq!(condition(&t, "Ready").unwrap(), ("False".into(), "AwaitingSignedChain".into()));
+    let t = env
+        .wait_for("idp", 20, "CSR published", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
+    assert_eq!(
+        condition(&t, "Ready").unwrap(),
+        ("False".into(), "AwaitingSignedChain".into())
+    );
     let csr = t.status.unwrap().csr.unwrap();
-    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(env.client.clone(), NS);
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), NS);
     let cm = cms.get("idp-csr").await.unwrap();
     assert_eq!(cm.data.unwrap()["tls.csr"], csr.request);
 
     // A CA signs it; the chain lands in the Secret (key stays in the tenant).
     let now = jiff::Timestamp::now();
-    let chain = env.ca.sign_csr(&csr.request, now - jiff::SignedDuration::from_hours(1), now + jiff::SignedDuration::from_hours(24 * 90)).unwrap();
-    env.put_secret("idp-tls", [("tls.crt".to_string(), chain.clone())].into()).await;
+    let chain = env
+        .ca
+        .sign_csr(
+            &csr.request,
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(24 * 90),
+        )
+        .unwrap();
+    env.put_secret("idp-tls", [("tls.crt".to_string(), chain.clone())].into())
+        .await;
     let t = env.wait_ready("idp").await;
-    assert_eq!(t.status.unwrap().fingerprint.as_deref(), Some(fingerprint(&chain).as_str()));
+    assert_eq!(
+        t.status.unwrap().fingerprint.as_deref(),
+        Some(fingerprint(&chain).as_str())
+    );
     let calls = env.tenant_calls();
-    println!("Tenant apply→Ready tenant calls ({}): {}", calls.len(), summarize(&calls));
-    assert_eq!(calls.iter().filter(|c| c.starts_with("POST /environment/csrs")).count(), 1);
-    assert_eq!(calls.iter().filter(|c| c.starts_with("PATCH /environment/csrs")).count(), 1);
+    println!(
+        "Tenant apply→Ready tenant calls ({}): {}",
+        calls.len(),
+        summarize(&calls)
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("POST /environment/csrs"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("PATCH /environment/csrs"))
+            .count(),
+        1
+    );
     env.shutdown().await;
 }
 
@@ -83,15 +154,29 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", "  revisionHistoryLimit: 0\n"), &env)).await;
-    let first = env.wait_ready("login").await.status.unwrap().certificate_id.unwrap();
+    env.apply(&with_url(
+        &local_yaml("login", "login-tls", "  revisionHistoryLimit: 0\n"),
+        &env,
+    ))
+    .await;
+    let first = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
 
     // Watch the tenant while cert-manager "renews" the Secret.
     let sim = env.aic.clone();
     let watcher = tokio::spawn(async move {
         let mut gaps = 0;
         for _ in 0..400 {
-            if !sim.certificates().iter().any(|c| !c.created_by_support && !c.deleted && c.live) {
+            if !sim
+                .certificates()
+                .iter()
+                .any(|c| !c.created_by_support && !c.deleted && c.live)
+            {
                 gaps += 1;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -104,16 +189,34 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
     let t = env
         .wait_for("login", 30, "rotated and old one deleted", |t| {
             let s = t.status.as_ref().unwrap();
-            s.fingerprint.as_deref() == Some(fp2.as_str()) && s.previous_certificate_ids.is_empty() && is_ready(t)
+            s.fingerprint.as_deref() == Some(fp2.as_str())
+                && s.previous_certificate_ids.is_empty()
+                && is_ready(t)
         })
         .await;
     let second = t.status.unwrap().certificate_id.unwrap();
     assert_ne!(first, second);
-    assert!(env.aic.certificates().iter().all(|c| c.id != first || c.deleted), "old certificate deleted");
-    assert_eq!(watcher.await.unwrap(), 0, "the domain was without a live certificate of ours");
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .all(|c| c.id != first || c.deleted),
+        "old certificate deleted"
+    );
+    assert_eq!(
+        watcher.await.unwrap(),
+        0,
+        "the domain was without a live certificate of ours"
+    );
     let events = env.events("login").await;
-    assert!(events.contains(&("Normal".into(), "Deactivated".into())), "{events:?}");
-    assert!(events.contains(&("Normal".into(), "Deleted".into())), "{events:?}");
+    assert!(
+        events.contains(&("Normal".into(), "Deactivated".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("Normal".into(), "Deleted".into())),
+        "{events:?}"
+    );
     env.shutdown().await;
 }
 
@@ -122,20 +225,40 @@ async fn renew_annotation_rotates_once_per_value() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env)).await;
-    let first = env.wait_ready("login").await.status.unwrap().certificate_id.unwrap();
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    let first = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
     let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "1"}}});
-    env.tcerts().patch("login", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.tcerts()
+        .patch("login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let t = env
         .wait_for("login", 30, "renewed", |t| {
             let s = t.status.as_ref().unwrap();
-            s.certificate_id.as_deref() != Some(first.as_str()) && is_ready(t) && s.last_renew_request.as_deref() == Some("1")
+            s.certificate_id.as_deref() != Some(first.as_str())
+                && is_ready(t)
+                && s.last_renew_request.as_deref() == Some("1")
         })
         .await;
     let s = t.status.unwrap();
-    assert_eq!(s.previous_certificate_ids, [first.clone()], "history of one kept");
+    assert_eq!(
+        s.previous_certificate_ids,
+        std::slice::from_ref(&first),
+        "history of one kept"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let uploads = env.tenant_calls().iter().filter(|c| c.starts_with("POST /environment/certificates")).count();
+    let uploads = env
+        .tenant_calls()
+        .iter()
+        .filter(|c| c.starts_with("POST /environment/certificates"))
+        .count();
     assert_eq!(uploads, 2, "one upload per renew value");
     env.shutdown().await;
 }
@@ -145,20 +268,46 @@ async fn crash_after_upload_adopts_instead_of_duplicating() {
     let mut env = Env::new(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env)).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
     // The operator uploaded, then died before writing status: do its upload by hand.
-    let creds: std::collections::BTreeMap<String, Vec<u8>> =
-        env.aic.credentials_secret_data().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    let client = AicClient::new(&env.aic.url(), Credentials::from_secret_data(&creds).unwrap(), None, ClientOptions::default()).unwrap();
+    let creds: std::collections::BTreeMap<String, Vec<u8>> = env
+        .aic
+        .credentials_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    let client = AicClient::new(
+        &env.aic.url(),
+        Credentials::from_secret_data(&creds).unwrap(),
+        None,
+        ClientOptions::default(),
+    )
+    .unwrap();
     let key8 = certrotor::pki::private_key_to_pkcs8_pem(&key).unwrap();
-    let uploaded = client.create_certificate(&chain, &key8, true).await.unwrap();
+    let uploaded = client
+        .create_certificate(&chain, &key8, true)
+        .await
+        .unwrap();
 
     env.start_operator();
     let t = env.wait_ready("login").await;
-    assert_eq!(t.status.unwrap().certificate_id.as_deref(), Some(uploaded.id.as_str()));
-    let ours = env.aic.certificates().into_iter().filter(|c| !c.created_by_support && !c.deleted).count();
+    assert_eq!(
+        t.status.unwrap().certificate_id.as_deref(),
+        Some(uploaded.id.as_str())
+    );
+    let ours = env
+        .aic
+        .certificates()
+        .into_iter()
+        .filter(|c| !c.created_by_support && !c.deleted)
+        .count();
     assert_eq!(ours, 1, "no duplicate upload");
-    assert!(env.events("login").await.contains(&("Normal".into(), "Adopted".into())));
+    assert!(
+        env.events("login")
+            .await
+            .contains(&("Normal".into(), "Adopted".into()))
+    );
     env.shutdown().await;
 }
 
@@ -178,16 +327,34 @@ spec:
         &env,
     );
     env.apply(&yaml).await;
-    let creds: std::collections::BTreeMap<String, Vec<u8>> =
-        env.aic.credentials_secret_data().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    let client = AicClient::new(&env.aic.url(), Credentials::from_secret_data(&creds).unwrap(), None, ClientOptions::default()).unwrap();
+    let creds: std::collections::BTreeMap<String, Vec<u8>> = env
+        .aic
+        .credentials_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    let client = AicClient::new(
+        &env.aic.url(),
+        Credentials::from_secret_data(&creds).unwrap(),
+        None,
+        ClientOptions::default(),
+    )
+    .unwrap();
     let spec = env.get("idp").await.spec.csr.unwrap();
     let made = client.create_csr(&(&spec).into()).await.unwrap();
 
     env.start_operator();
-    let t = env.wait_for("idp", 20, "CSR recorded", |t| t.status.as_ref().is_some_and(|s| s.csr.is_some())).await;
+    let t = env
+        .wait_for("idp", 20, "CSR recorded", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
     assert_eq!(t.status.unwrap().csr.unwrap().id, made.id);
-    assert_eq!(env.aic.csrs().iter().filter(|c| !c.deleted).count(), 1, "no second CSR");
+    assert_eq!(
+        env.aic.csrs().iter().filter(|c| !c.deleted).count(),
+        1,
+        "no second CSR"
+    );
     env.shutdown().await;
 }
 
@@ -195,8 +362,22 @@ async fn ready_then_delete(policy: &str) -> (Env, String) {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", &format!("  deletionPolicy: {policy}\n")), &env)).await;
-    let id = env.wait_ready("login").await.status.unwrap().certificate_id.unwrap();
+    env.apply(&with_url(
+        &local_yaml(
+            "login",
+            "login-tls",
+            &format!("  deletionPolicy: {policy}\n"),
+        ),
+        &env,
+    ))
+    .await;
+    let id = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
     env.delete("login").await;
     env.wait_gone("login", 30).await;
     (env, id)
@@ -205,7 +386,12 @@ async fn ready_then_delete(policy: &str) -> (Env, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_retain_leaves_the_certificate_live() {
     let (env, id) = ready_then_delete("Retain").await;
-    let c = env.aic.certificates().into_iter().find(|c| c.id == id && !c.deleted).expect("kept");
+    let c = env
+        .aic
+        .certificates()
+        .into_iter()
+        .find(|c| c.id == id && !c.deleted)
+        .expect("kept");
     assert!(c.active && c.live);
     env.shutdown().await;
 }
@@ -213,7 +399,12 @@ async fn delete_with_retain_leaves_the_certificate_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_deactivate_leaves_it_inactive() {
     let (env, id) = ready_then_delete("Deactivate").await;
-    let c = env.aic.certificates().into_iter().find(|c| c.id == id && !c.deleted).expect("kept");
+    let c = env
+        .aic
+        .certificates()
+        .into_iter()
+        .find(|c| c.id == id && !c.deleted)
+        .expect("kept");
     assert!(!c.active);
     env.shutdown().await;
 }
@@ -221,19 +412,37 @@ async fn delete_with_deactivate_leaves_it_inactive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_delete_removes_it_riding_out_the_500_window() {
     let (env, id) = ready_then_delete("Delete").await;
-    assert!(env.aic.certificates().iter().all(|c| c.id != id || c.deleted), "deleted");
-    assert!(env.aic.certificates().iter().any(|c| c.created_by_support), "support's certificate untouched");
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .all(|c| c.id != id || c.deleted),
+        "deleted"
+    );
+    assert!(
+        env.aic.certificates().iter().any(|c| c.created_by_support),
+        "support's certificate untouched"
+    );
     env.shutdown().await;
 }
 
 /// Bad input: Stalled with a reason, a Warning event, and not one tenant call.
 async fn assert_stalls_without_tenant_calls(env: &Env, name: &str, reason: &str) {
-    let t = env.wait_for(name, 20, reason, |t| stalled_reason(t).is_some()).await;
+    let t = env
+        .wait_for(name, 20, reason, |t| stalled_reason(t).is_some())
+        .await;
     assert_eq!(stalled_reason(&t).as_deref(), Some(reason));
     assert_eq!(condition(&t, "Ready").unwrap().0, "False");
     let events = env.events(name).await;
-    assert!(events.contains(&("Warning".into(), reason.into())), "{events:?}");
-    assert!(env.tenant_calls().is_empty(), "tenant calls made: {:?}", env.tenant_calls());
+    assert!(
+        events.contains(&("Warning".into(), reason.into())),
+        "{events:?}"
+    );
+    assert!(
+        env.tenant_calls().is_empty(),
+        "tenant calls made: {:?}",
+        env.tenant_calls()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,24 +453,67 @@ async fn bad_local_input_stalls_without_tenant_calls() {
     let now = jiff::Timestamp::now();
     let (expired, expired_key) = env
         .ca
-        .issue("old.example.com", &["old.example.com"], now - jiff::SignedDuration::from_hours(48), now - jiff::SignedDuration::from_hours(1), certrotor::pki::KeyAlgorithm::EcdsaP256)
+        .issue(
+            "old.example.com",
+            &["old.example.com"],
+            now - jiff::SignedDuration::from_hours(48),
+            now - jiff::SignedDuration::from_hours(1),
+            certrotor::pki::KeyAlgorithm::EcdsaP256,
+        )
         .unwrap();
     let (wild, wild_key) = env
         .ca
-        .issue("wild", &["*.example.com"], now - jiff::SignedDuration::from_hours(1), now + jiff::SignedDuration::from_hours(100), certrotor::pki::KeyAlgorithm::EcdsaP256)
+        .issue(
+            "wild",
+            &["*.example.com"],
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(100),
+            certrotor::pki::KeyAlgorithm::EcdsaP256,
+        )
         .unwrap();
     let leaf_last = {
-        let blocks: Vec<&str> = chain.split_inclusive("-----END CERTIFICATE-----\n").collect();
-        blocks.iter().rev().map(|s| s.to_string()).collect::<String>()
+        let blocks: Vec<&str> = chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .collect();
+        blocks
+            .iter()
+            .rev()
+            .map(|s| s.to_string())
+            .collect::<String>()
     };
-    let cases: Vec<(&str, Option<(String, Option<String>)>, &str)> = vec![
+    /// (name, Secret's tls.crt and tls.key if the Secret exists, expected reason)
+    type Case<'a> = (&'a str, Option<(String, Option<String>)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("missing-secret", None, "SecretNotFound"),
         ("missing-key", Some((chain.clone(), None)), "MissingKey"),
-        ("invalid-pem", Some(("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(), Some(key.clone()))), "InvalidPem"),
-        ("key-mismatch", Some((chain.clone(), Some(other_key.clone()))), "KeyMismatch"),
-        ("leaf-not-first", Some((leaf_last, Some(key.clone()))), "LeafNotFirst"),
-        ("expired", Some((expired, Some(expired_key))), "CertificateExpired"),
-        ("wildcard", Some((wild, Some(wild_key))), "WildcardSubjectAlternativeName"),
+        (
+            "invalid-pem",
+            Some((
+                "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(),
+                Some(key.clone()),
+            )),
+            "InvalidPem",
+        ),
+        (
+            "key-mismatch",
+            Some((chain.clone(), Some(other_key.clone()))),
+            "KeyMismatch",
+        ),
+        (
+            "leaf-not-first",
+            Some((leaf_last, Some(key.clone()))),
+            "LeafNotFirst",
+        ),
+        (
+            "expired",
+            Some((expired, Some(expired_key))),
+            "CertificateExpired",
+        ),
+        (
+            "wildcard",
+            Some((wild, Some(wild_key))),
+            "WildcardSubjectAlternativeName",
+        ),
     ];
     let _ = other_chain;
     for (name, secret, reason) in cases {
@@ -272,7 +524,11 @@ async fn bad_local_input_stalls_without_tenant_calls() {
             }
             env.put_secret(&format!("{name}-tls"), data).await;
         }
-        env.apply(&with_url(&local_yaml(name, &format!("{name}-tls"), ""), &env)).await;
+        env.apply(&with_url(
+            &local_yaml(name, &format!("{name}-tls"), ""),
+            &env,
+        ))
+        .await;
         assert_stalls_without_tenant_calls(&env, name, reason).await;
     }
     env.shutdown().await;
@@ -314,12 +570,23 @@ spec:
         &env,
     );
     env.apply(&yaml).await;
-    env.wait_for("idp", 20, "CSR", |t| t.status.as_ref().is_some_and(|s| s.csr.is_some())).await;
+    env.wait_for("idp", 20, "CSR", |t| {
+        t.status.as_ref().is_some_and(|s| s.csr.is_some())
+    })
+    .await;
     let (chain, _) = env.issue(&["idp.example.com"], 90);
-    env.put_secret("idp-tls", [("tls.crt".to_string(), chain)].into()).await;
-    let t = env.wait_for("idp", 20, "stalled", |t| stalled_reason(t).is_some()).await;
+    env.put_secret("idp-tls", [("tls.crt".to_string(), chain)].into())
+        .await;
+    let t = env
+        .wait_for("idp", 20, "stalled", |t| stalled_reason(t).is_some())
+        .await;
     assert_eq!(stalled_reason(&t).as_deref(), Some("ChainDoesNotMatchCsr"));
-    assert!(!env.tenant_calls().iter().any(|c| c.starts_with("PATCH /environment/csrs")), "chain not uploaded");
+    assert!(
+        !env.tenant_calls()
+            .iter()
+            .any(|c| c.starts_with("PATCH /environment/csrs")),
+        "chain not uploaded"
+    );
     env.shutdown().await;
 }
 
@@ -328,16 +595,25 @@ async fn paused_resource_makes_no_tenant_calls() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    let yaml = with_url(&local_yaml("login", "login-tls", ""), &env)
-        .replace("metadata: {name: login, namespace: default}", "metadata: {name: login, namespace: default, annotations: {certrotor.io/paused: 'true'}}");
+    let yaml = with_url(&local_yaml("login", "login-tls", ""), &env).replace(
+        "metadata: {name: login, namespace: default}",
+        "metadata: {name: login, namespace: default, annotations: {certrotor.io/paused: 'true'}}",
+    );
     env.apply(&yaml).await;
-    let t = env.wait_for("login", 20, "Paused", |t| condition(t, "Ready").is_some_and(|(_, r)| r == "Paused")).await;
+    let t = env
+        .wait_for("login", 20, "Paused", |t| {
+            condition(t, "Ready").is_some_and(|(_, r)| r == "Paused")
+        })
+        .await;
     assert!(!is_ready(&t));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(env.tenant_calls().is_empty());
     // Unpause: it proceeds.
     let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/paused": null}}});
-    env.tcerts().patch("login", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.tcerts()
+        .patch("login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     env.wait_ready("login").await;
     env.shutdown().await;
 }
@@ -347,12 +623,154 @@ async fn support_certificate_is_never_touched() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n"), &env)).await;
+    env.apply(&with_url(
+        &local_yaml(
+            "login",
+            "login-tls",
+            "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
     env.wait_ready("login").await;
     env.delete("login").await;
     env.wait_gone("login", 30).await;
-    let support: Vec<_> = env.aic.certificates().into_iter().filter(|c| c.created_by_support).collect();
+    let support: Vec<_> = env
+        .aic
+        .certificates()
+        .into_iter()
+        .filter(|c| c.created_by_support)
+        .collect();
     assert_eq!(support.len(), 1);
     assert!(support[0].active && support[0].live);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_resource_is_quiet_one_event_per_change() {
+    let env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    env.wait_ready("login").await;
+    let writes = env
+        .standin
+        .stats()
+        .writes_to("tenantcertificates.certrotor.io");
+    let calls = env.tenant_calls().len();
+    // Unrelated changes to the referenced Secret's metadata reconcile, but change nothing.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), NS);
+    let patch = serde_json::json!({"metadata": {"labels": {"team": "identity"}}});
+    secrets
+        .patch("login-tls", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.standin
+            .stats()
+            .writes_to("tenantcertificates.certrotor.io"),
+        writes,
+        "no status write when nothing changed"
+    );
+    assert!(
+        env.tenant_calls().len() <= calls + 1,
+        "at most one look at the tenant"
+    );
+    let events = env.events("login").await;
+    let mut reasons: Vec<_> = events.iter().map(|(_, r)| r.clone()).collect();
+    reasons.dedup();
+    assert_eq!(
+        reasons.len(),
+        events.len(),
+        "one Event per state change: {events:?}"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_mode_starts_a_new_csr_when_renewal_is_due_and_rotates() {
+    let env = Env::start(sim_config()).await;
+    let yaml = with_url(
+        "apiVersion: certrotor.io/v1alpha1
+kind: TenantCertificate
+metadata: {name: idp, namespace: default}
+spec:
+  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
+  keySource: Tenant
+  secretRef: {name: idp-tls}
+  renewBefore: 20s
+  revisionHistoryLimit: 0
+  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}
+",
+        &env,
+    );
+    env.apply(&yaml).await;
+    let sign = |request: &str| {
+        let now = jiff::Timestamp::now();
+        env.ca
+            .sign_csr(
+                request,
+                now - jiff::SignedDuration::from_secs(5),
+                now + jiff::SignedDuration::from_secs(25),
+            )
+            .unwrap()
+    };
+    let t = env
+        .wait_for("idp", 20, "CSR", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
+    let first_csr = t.status.unwrap().csr.unwrap();
+    env.put_secret(
+        "idp-tls",
+        [("tls.crt".to_string(), sign(&first_csr.request))].into(),
+    )
+    .await;
+    let t = env.wait_ready("idp").await;
+    let first_id = t.status.as_ref().unwrap().certificate_id.clone().unwrap();
+    assert!(t.status.unwrap().renewal_time.is_some());
+
+    // 25 s lifetime, renewBefore 20 s: a new CSR about 5 s after issue, while the first stays live.
+    let t = env
+        .wait_for("idp", 20, "renewal CSR", |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.csr.as_ref())
+                .is_some_and(|c| c.id != first_csr.id)
+        })
+        .await;
+    assert!(
+        is_ready(&t),
+        "still Ready on the old certificate while the new CSR waits"
+    );
+    assert_eq!(
+        t.status.as_ref().unwrap().pending.as_ref().unwrap().reason,
+        "Renewal"
+    );
+    let second_csr = t.status.unwrap().csr.unwrap();
+    env.put_secret(
+        "idp-tls",
+        [("tls.crt".to_string(), sign(&second_csr.request))].into(),
+    )
+    .await;
+    let t = env
+        .wait_for("idp", 20, "rotated", |t| {
+            t.status.as_ref().is_some_and(|s| {
+                s.certificate_id.as_deref() != Some(first_id.as_str())
+                    && s.previous_certificate_ids.is_empty()
+            }) && is_ready(t)
+        })
+        .await;
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == first_id && c.deleted),
+        "old one deleted"
+    );
+    assert!(t.status.unwrap().pending.is_none());
     env.shutdown().await;
 }

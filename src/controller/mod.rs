@@ -29,6 +29,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Cleanup has more to do (waiting for `live` to turn false, the 500 window): not a failure.
+    #[error("cleanup in progress: {0}")]
+    CleanupPending(String),
     #[error("object has no namespace")]
     NoNamespace,
     #[error("serialising status: {0}")]
@@ -40,6 +43,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
+            Error::CleanupPending(_) => "cleanup_pending",
             Error::NoNamespace => "no_namespace",
             Error::Serialize(_) => "serialize",
         }
@@ -222,6 +226,12 @@ async fn run_deviceid(
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(
+                    Error::CleanupPending(why),
+                    obj,
+                )) => {
+                    tracing::debug!(object = %obj, why, "cleanup in progress")
+                }
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
         })

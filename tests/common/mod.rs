@@ -30,7 +30,11 @@ pub struct Env {
 
 pub fn fast_options() -> Options {
     Options {
-        poll: PollPolicy { min: Duration::from_millis(100), max: Duration::from_millis(400), resync: Duration::from_secs(30) },
+        poll: PollPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+            resync: Duration::from_secs(600),
+        },
         failure_backoff_base: Duration::from_millis(200),
         failure_backoff_max: Duration::from_secs(2),
         ..Default::default()
@@ -48,16 +52,31 @@ pub fn sim_config() -> AicSimConfig {
 impl Env {
     /// Stand-in + CRDs + AIC simulator + credentials Secret; the operator is not started yet.
     pub async fn new(config: AicSimConfig) -> Env {
+        if std::env::var_os("RUST_LOG").is_some() {
+            certrotor::telemetry::init(certrotor::telemetry::LogFormat::Text, "info");
+        }
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let standin = StandIn::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let standin = StandIn::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let client = standin.client();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in api::crds() {
             crds.create(&PostParams::default(), &crd).await.unwrap();
         }
-        let aic = AicSim::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
-        let env = Env { standin, client, aic, ca: Ca::new("Test Root CA").unwrap(), stop: None, operator: None };
-        env.put_secret("aic-creds", env.aic.credentials_secret_data()).await;
+        let aic = AicSim::start("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let env = Env {
+            standin,
+            client,
+            aic,
+            ca: Ca::new("Test Root CA").unwrap(),
+            stop: None,
+            operator: None,
+        };
+        env.put_secret("aic-creds", env.aic.credentials_secret_data())
+            .await;
         env
     }
 
@@ -95,13 +114,20 @@ impl Env {
     pub async fn put_secret(&self, name: &str, data: BTreeMap<String, String>) {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
         let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
             string_data: Some(data),
             type_: Some("kubernetes.io/tls".into()),
             ..Default::default()
         };
         secrets
-            .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&secret))
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&secret),
+            )
             .await
             .unwrap();
     }
@@ -111,16 +137,29 @@ impl Env {
         let now = jiff::Timestamp::now();
         let nb = now - jiff::SignedDuration::from_hours(1);
         let na = now + jiff::SignedDuration::from_hours(24 * days);
-        self.ca.issue(names[0], names, nb, na, KeyAlgorithm::EcdsaP256).unwrap()
+        self.ca
+            .issue(names[0], names, nb, na, KeyAlgorithm::EcdsaP256)
+            .unwrap()
     }
 
     pub async fn put_tls(&self, name: &str, chain: &str, key: &str) {
-        self.put_secret(name, [("tls.crt".to_string(), chain.to_string()), ("tls.key".to_string(), key.to_string())].into()).await;
+        self.put_secret(
+            name,
+            [
+                ("tls.crt".to_string(), chain.to_string()),
+                ("tls.key".to_string(), key.to_string()),
+            ]
+            .into(),
+        )
+        .await;
     }
 
     pub async fn apply(&self, yaml: &str) -> TenantCertificate {
         let obj: TenantCertificate = serde_saphyr::from_str(yaml).unwrap();
-        self.tcerts().create(&PostParams::default(), &obj).await.unwrap()
+        self.tcerts()
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, name: &str) -> TenantCertificate {
@@ -128,7 +167,13 @@ impl Env {
     }
 
     /// Waits until `pred` holds for the resource; panics with its last status after `secs`.
-    pub async fn wait_for(&self, name: &str, secs: u64, what: &str, pred: impl Fn(&TenantCertificate) -> bool) -> TenantCertificate {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&TenantCertificate) -> bool,
+    ) -> TenantCertificate {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             if let Ok(Some(t)) = self.tcerts().get_opt(name).await {
@@ -136,7 +181,10 @@ impl Env {
                     return t;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    panic!("timed out waiting for {name}: {what}; status: {}", serde_json::to_string_pretty(&t.status).unwrap());
+                    panic!(
+                        "timed out waiting for {name}: {what}; status: {}",
+                        serde_json::to_string_pretty(&t.status).unwrap()
+                    );
                 }
             } else if tokio::time::Instant::now() > deadline {
                 panic!("timed out waiting for {name}: {what}; object missing");
@@ -146,28 +194,35 @@ impl Env {
     }
 
     pub async fn wait_ready(&self, name: &str) -> TenantCertificate {
-        self.wait_for(name, 30, "Ready=True", |t| is_ready(t)).await
+        self.wait_for(name, 30, "Ready=True", is_ready).await
     }
 
     pub async fn wait_gone(&self, name: &str, secs: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         while self.tcerts().get_opt(name).await.unwrap().is_some() {
-            assert!(tokio::time::Instant::now() < deadline, "{name} still exists");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} still exists"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn delete(&self, name: &str) {
-        self.tcerts().delete(name, &DeleteParams::default()).await.unwrap();
+        self.tcerts()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
     }
 
     /// Calls to `/environment/*` and the token endpoint, as "METHOD route".
     pub fn tenant_calls(&self) -> Vec<String> {
-        self.aic.calls().into_iter().map(|c| format!("{} {}", c.method, c.route)).collect()
+        self.aic.calls().into_iter().map(|c| c.route).collect()
     }
 
     pub async fn events(&self, name: &str) -> Vec<(String, String)> {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), NS);
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), NS);
         let mut out: Vec<(String, String)> = events
             .list(&Default::default())
             .await
@@ -201,7 +256,9 @@ pub fn is_ready(t: &TenantCertificate) -> bool {
 }
 
 pub fn stalled_reason(t: &TenantCertificate) -> Option<String> {
-    condition(t, api::STALLED).filter(|(s, _)| s == "True").map(|(_, r)| r)
+    condition(t, api::STALLED)
+        .filter(|(s, _)| s == "True")
+        .map(|(_, r)| r)
 }
 
 pub fn local_yaml(name: &str, secret: &str, extra: &str) -> String {

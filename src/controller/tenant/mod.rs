@@ -45,11 +45,19 @@ pub async fn reconcile(obj: Arc<TenantCertificate>, ctx: Arc<Context>) -> Result
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupPending(why)) => {
+            Error::CleanupPending(why)
+        }
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 /// Only Kubernetes API failures land here; back off and try again.
-pub fn error_policy(obj: Arc<TenantCertificate>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<TenantCertificate>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::CleanupPending(_) = err {
+        return Action::requeue(ctx.options.poll.max);
+    }
     tracing::warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, "reconcile error");
     Action::requeue(Duration::from_secs(5 + fastrand::u64(0..5)))
 }
@@ -62,6 +70,8 @@ struct Run<'a> {
     status: TenantCertificateStatus,
     events: Vec<(EventType, &'static str, String)>,
     now: Timestamp,
+    /// When this reconcile began: tenant lists started after it are fresh enough to share.
+    started: std::time::Instant,
 }
 
 async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
@@ -73,6 +83,7 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         status: obj.status.clone().unwrap_or_default(),
         events: vec![],
         now,
+        started: std::time::Instant::now(),
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -115,14 +126,21 @@ impl Run<'_> {
     }
 
     /// Plan, perform, record; until the plan says wait.
-    async fn drive(&mut self, client: &AicClient, source: &Source) -> Result<Action, StepError> {
+    async fn drive(
+        &mut self,
+        client: &Arc<AicClient>,
+        source: &Source,
+    ) -> Result<Action, StepError> {
         let spec = &self.obj.spec;
         let mut tenant: BTreeMap<String, Certificate> = client
-            .list_certificates()
+            .list_certificates_since(self.started)
             .await?
-            .into_iter()
-            .map(|c| (c.id.clone(), c))
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
             .collect();
+        // The tenant answers again: the failure streak is over.
+        self.status.failures = None;
+        self.status.next_attempt_time = None;
         let renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
@@ -348,12 +366,15 @@ impl Run<'_> {
                         "completed CSR has no certificateID".into(),
                     ))
                 })?;
-                let remote = client.get_certificate(&id).await?.ok_or_else(|| {
-                    StepError::Tenant(AicError::InvalidResponse(format!(
-                        "certificate {id} from CSR {csr_id} not found"
-                    )))
-                })?;
-                tenant.insert(id.clone(), remote);
+                // A certificate made from a CSR starts inactive; the next step activates it and
+                // gets the tenant's full view back, so no extra GET is needed here.
+                tenant.insert(
+                    id.clone(),
+                    Certificate {
+                        id: id.clone(),
+                        ..Default::default()
+                    },
+                );
                 if let Some(p) = self.status.pending.as_mut() {
                     p.certificate_id = Some(id);
                     p.fingerprint = Some(cert.leaf.fingerprint.clone());
@@ -659,6 +680,7 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         status: obj.status.clone().unwrap_or_default(),
         events: vec![],
         now,
+        started: std::time::Instant::now(),
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(
@@ -698,7 +720,9 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
                 format!("deletionPolicy {policy:?}: waiting for certificates to stop being live"),
             ));
             run.finish().await?;
-            Err(Error::Finalizer("cleanup in progress".into()))
+            Err(Error::CleanupPending(
+                "waiting for certificates to stop being live".into(),
+            ))
         }
         Err(e) => {
             run.tenant_failure(e);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use super::resources::ResourceInfo;
 use super::server::App;
@@ -78,6 +79,15 @@ pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<R
         }
         ["apis", group, version] => json(
             &resource_list(&resources, group, version)?,
+            "application/json",
+        ),
+        ["openapi", "v3"] => json(&openapi_index(&resources), "application/json"),
+        ["openapi", "v3", "api", version] => json(
+            &openapi_group_version(&resources, "", version)?,
+            "application/json",
+        ),
+        ["openapi", "v3", "apis", group, version] => json(
+            &openapi_group_version(&resources, group, version)?,
             "application/json",
         ),
         _ => return None,
@@ -212,6 +222,97 @@ fn aggregated_resource(r: &ResourceInfo, version: &str) -> Value {
     out
 }
 
+/// `/openapi/v3`: one entry per group/version, with a hash that changes with its content so
+/// clients that cache by URL see CRD changes.
+fn openapi_index(resources: &[Arc<ResourceInfo>]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (group, versions) in groups(resources) {
+        for v in versions {
+            let rel = if group.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{group}/{v}")
+            };
+            let doc = openapi_group_version(resources, &group, &v).unwrap_or(Value::Null);
+            let digest = sha2::Sha256::digest(doc.to_string().as_bytes());
+            let hash: String = digest.iter().take(16).map(|b| format!("{b:02X}")).collect();
+            paths.insert(
+                rel.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{rel}?hash={hash}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// A minimal OpenAPI 3 document for one group/version: the object paths with their PATCH
+/// operations, which is what kubectl reads to learn that the server validates fields itself
+/// (`fieldValidation`), plus the CRD schemas for `kubectl explain`. It does not advertise
+/// strategic merge patch, so kubectl computes JSON merge patches for client-side apply of
+/// custom resources, as it does against a real server.
+fn openapi_group_version(
+    resources: &[Arc<ResourceInfo>],
+    group: &str,
+    version: &str,
+) -> Option<Value> {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for r in resources
+        .iter()
+        .filter(|r| r.group == group && r.serves(version))
+    {
+        let gvk = json!({"group": group, "version": version, "kind": r.kind});
+        let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string"}});
+        let op = |action: &str, params: Vec<Value>| {
+            json!({
+                "operationId": format!("{action}{}", r.kind),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        let item = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", r.plural)
+        };
+        paths.insert(
+            item,
+            json!({
+                "get": op("get", vec![]),
+                "put": op("put", vec![param("fieldValidation"), param("fieldManager"), param("dryRun")]),
+                "patch": op("patch", vec![param("fieldValidation"), param("fieldManager"),
+                                          param("force"), param("dryRun")]),
+                "delete": op("delete", vec![param("dryRun")]),
+            }),
+        );
+        if let Some(schema) = r.schema(version) {
+            let mut schema = schema.clone();
+            schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+            let reversed: Vec<&str> = group.split('.').rev().collect();
+            schemas.insert(
+                format!("{}.{version}.{}", reversed.join("."), r.kind),
+                schema,
+            );
+        }
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes API stand-in", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +355,27 @@ mod tests {
                 "events.k8s.io"
             ]
         );
+    }
+
+    #[test]
+    fn openapi_v3_advertises_field_validation_on_patch() {
+        let index = openapi_index(&all());
+        let url = index["paths"]["apis/coordination.k8s.io/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
+        assert!(url.starts_with("/openapi/v3/apis/coordination.k8s.io/v1?hash="));
+        let doc = openapi_group_version(&all(), "coordination.k8s.io", "v1").unwrap();
+        let patch = &doc["paths"]["/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"]
+            ["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Lease");
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
+        assert!(openapi_group_version(&all(), "nope.io", "v1").is_none());
     }
 
     #[test]

@@ -4,6 +4,15 @@ use serde_json::{Value, json};
 
 use super::resources::ResourceInfo;
 
+/// `ConfigMap`, `Widget.example.com`: how the server names a kind in messages.
+fn group_kind(info: &ResourceInfo) -> String {
+    if info.group.is_empty() {
+        info.kind.clone()
+    } else {
+        format!("{}.{}", info.kind, info.group)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub code: u16,
@@ -63,9 +72,8 @@ impl ApiError {
             422,
             "Invalid",
             format!(
-                "{}.{} \"{name}\" is invalid: {}",
-                info.kind,
-                info.group,
+                "{} \"{name}\" is invalid: {}",
+                group_kind(info),
                 causes.join(", ")
             ),
         )
@@ -139,3 +147,29 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kube::resources::builtins;
+
+    #[test]
+    fn statuses_look_like_the_api_servers() {
+        let all = builtins();
+        let cm = all.iter().find(|r| r.plural == "configmaps").unwrap();
+        let lease = all.iter().find(|r| r.plural == "leases").unwrap();
+        let s = ApiError::invalid(cm, "x", &["a: b".into()]).to_status();
+        assert_eq!(s["message"], "ConfigMap \"x\" is invalid: a: b");
+        assert_eq!(
+            (s["code"].as_u64(), s["reason"].as_str()),
+            (Some(422), Some("Invalid"))
+        );
+        let s = ApiError::not_found(lease, "l").to_status();
+        assert_eq!(s["message"], "leases.coordination.k8s.io \"l\" not found");
+        assert_eq!(s["details"]["group"], "coordination.k8s.io");
+        assert_eq!(
+            (s["kind"].as_str(), s["status"].as_str()),
+            (Some("Status"), Some("Failure"))
+        );
+    }
+}

@@ -29,14 +29,25 @@
 //!   (`PartialObjectMetadata`) responses, and validation/pruning against CRD schemas (see
 //!   [`schema`] for what is and is not checked).
 //!
-//! Not served: authentication and authorization (every request is allowed), protobuf,
+//! kubectl (checked with 1.32 in `tests/standin_kubectl.rs`): aggregated discovery, Tables for
+//! `get` (CRD printer columns, `-A`, `-l`, `-w`), `describe` with Events, client-side and
+//! server-side `apply`, `create secret|configmap|namespace` (protobuf bodies), `label`,
+//! `annotate`, `patch`, `wait --for=condition`, `delete` (which waits via a watch), and
+//! `explain` for CRD kinds via a minimal `/openapi/v3` that also tells kubectl the server
+//! validates fields itself (unknown fields are pruned, not rejected, whatever
+//! `fieldValidation` says).
+//!
+//! Not served: authentication and authorization (every request is allowed), protobuf (except
+//! the Secret, ConfigMap and Namespace bodies `kubectl create` sends; answers are JSON),
 //! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
-//! validation rules, `managedFields`, pagination tokens, and every kind not listed above.
+//! validation rules, `managedFields`, pagination tokens, `resourceVersion` semantics on list and
+//! get (always the latest state), and every kind not listed above.
 
 mod convert;
 mod discovery;
 mod error;
 pub mod patch;
+mod protobuf;
 mod resources;
 pub mod schema;
 mod selector;
@@ -68,7 +79,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             bookmark_interval: Duration::from_secs(30),
-            history_limit: 10_000,
+            history_limit: 4096,
         }
     }
 }
@@ -163,6 +174,8 @@ impl App {
 }
 
 /// A running stand-in. Cheap to clone; [`StandIn::shutdown`] stops it for every clone.
+/// Dropping the handles does not stop it (a client may outlive them); it serves until
+/// `shutdown` or until its Tokio runtime ends.
 #[derive(Clone)]
 pub struct StandIn {
     inner: Arc<Inner>,
@@ -172,7 +185,6 @@ struct Inner {
     addr: SocketAddr,
     app: Arc<App>,
     client: kube::Client,
-    stop: tokio::sync::watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -200,16 +212,21 @@ impl StandIn {
             state: RwLock::new(store::State::new(options.history_limit)),
             stats: Mutex::new(Stats::default()),
             shutdown: stopped.clone(),
+            stop,
             bookmark_interval: options.bookmark_interval,
         });
         let router = axum::Router::new()
             .fallback(server::handle)
+            // The real server's request limit (3 MiB), not axum's 2 MB default: a Secret may
+            // hold up to 1 MiB of base64 data.
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
             .with_state(app.clone());
         let mut stopped_signal = stopped;
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
-                    // Either a stop request or every sender gone ends the server.
+                    // The sender lives in `App`, which this server owns: only an explicit
+                    // stop ends it.
                     let _ = stopped_signal.wait_for(|s| *s).await;
                 })
                 .await;
@@ -227,7 +244,6 @@ impl StandIn {
                 addr,
                 app,
                 client,
-                stop,
                 task: Mutex::new(Some(task)),
             }),
         })
@@ -262,7 +278,7 @@ impl StandIn {
 
     /// Ends every watch and stops serving.
     pub async fn shutdown(self) {
-        let _ = self.inner.stop.send(true);
+        let _ = self.inner.app.stop.send(true);
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             let abort = task.abort_handle();

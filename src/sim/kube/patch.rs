@@ -139,7 +139,9 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
                 add(&mut work, path, v)?;
             }
             "test" => {
-                if work.pointer(path) != Some(&value()?) {
+                // A missing member tests equal to null, as the API server's JSON patch library
+                // has it (kube's finalizer helper relies on this).
+                if work.pointer(path).unwrap_or(&Value::Null) != &value()? {
                     return Err(format!("test operation failed at {path:?}"));
                 }
             }
@@ -290,6 +292,20 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(d, json!({"x": 1}));
         assert!(json_patch(&mut d, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+        assert!(
+            json_patch(
+                &mut d,
+                &json!([{"op": "test", "path": "/nope", "value": null}])
+            )
+            .is_ok()
+        );
+        assert!(
+            json_patch(
+                &mut d,
+                &json!([{"op": "test", "path": "/nope", "value": 1}])
+            )
+            .is_err()
+        );
         assert!(json_patch(&mut d, &json!([{"op": "remove", "path": "/x/0"}])).is_err());
         assert!(json_patch(&mut d, &json!({"op": "add"})).is_err());
     }

@@ -1,5 +1,6 @@
 //! Validation and pruning of custom objects against their CRD's structural `openAPIV3Schema`.
 //!
+//! Applied: `default` (when the field is absent, or null and not `nullable`).
 //! Validated: `type` (object, array, string, integer, number, boolean; `nullable`), `required`,
 //! `enum`, `x-kubernetes-int-or-string`, and recursively `properties`, `additionalProperties`
 //! (as a schema) and `items`. Pruned: fields not declared in `properties` of an object schema,
@@ -12,34 +13,96 @@
 
 use serde_json::Value;
 
-/// Prunes unknown fields from `obj` and returns the validation errors (empty when valid), in
-/// the API server's `path: message` style.
+/// Prunes unknown fields and disallowed nulls from `obj`, applies `default`s, and returns the
+/// validation errors (empty when valid), in the API server's `path: message` style.
 pub fn validate_and_prune(schema: &Value, obj: &mut Value) -> Vec<String> {
     let mut errors = Vec::new();
-    let Some(root) = obj.as_object_mut() else {
-        return vec!["<root>: Invalid value: must be an object".into()];
-    };
+    match obj.as_object_mut() {
+        Some(root) => check_object(schema, root, "", &mut errors),
+        None => errors.push("<root>: Invalid value: must be an object".into()),
+    }
+    errors
+}
+
+fn nullable(schema: &Value) -> bool {
+    schema
+        .get("nullable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// One object level: prune, default, recurse, then check `required`.
+fn check_object(
+    schema: &Value,
+    map: &mut serde_json::Map<String, Value>,
+    path: &str,
+    errors: &mut Vec<String>,
+) {
+    let root = path.is_empty();
     let props = schema.get("properties");
-    let preserve = preserves_unknown(schema);
-    let keys: Vec<String> = root.keys().cloned().collect();
-    for key in keys {
-        if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+    let preserve = preserves_unknown(schema)
+        || schema
+            .get("x-kubernetes-embedded-resource")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+    // A schema that declares nothing about its fields (no type either) is not structural
+    // enough to prune by; keep what it has.
+    let prunes = props.is_some() || additional.is_some() || schema.get("type").is_some();
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in &keys {
+        if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
         }
-        match props.and_then(|p| p.get(&key)) {
-            Some(sub) => {
-                if let Some(v) = root.get_mut(&key) {
-                    check(sub, v, &key, &mut errors);
-                }
+        match props.and_then(|p| p.get(key)).or(additional) {
+            // Nulls of non-nullable fields are pruned (then defaulted), as the server does.
+            Some(sub) if map.get(key).is_some_and(Value::is_null) && !nullable(sub) => {
+                map.remove(key);
             }
-            None if !preserve => {
-                root.remove(&key);
+            Some(_) => {}
+            None if !preserve && prunes => {
+                map.remove(key);
             }
             None => {}
         }
     }
-    required(schema, obj, "", &mut errors);
-    errors
+    if let Some(Value::Object(props)) = props {
+        for (key, sub) in props {
+            if let Some(default) = sub.get("default")
+                && !map.contains_key(key)
+            {
+                map.insert(key.clone(), default.clone());
+            }
+        }
+    }
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        if let Some(sub) = props.and_then(|p| p.get(&key)).or(additional)
+            && let Some(v) = map.get_mut(&key)
+        {
+            let child = if root {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            check(sub, v, &child, errors);
+        }
+    }
+    if let Some(req) = schema.get("required").and_then(Value::as_array) {
+        for r in req.iter().filter_map(Value::as_str) {
+            if !map.contains_key(r) {
+                let p = if root {
+                    r.to_string()
+                } else {
+                    format!("{path}.{r}")
+                };
+                errors.push(format!("{p}: Required value"));
+            }
+        }
+    }
 }
 
 fn preserves_unknown(schema: &Value) -> bool {
@@ -47,22 +110,6 @@ fn preserves_unknown(schema: &Value) -> bool {
         .get("x-kubernetes-preserve-unknown-fields")
         .and_then(Value::as_bool)
         .unwrap_or(false)
-}
-
-fn required(schema: &Value, obj: &Value, path: &str, errors: &mut Vec<String>) {
-    let Some(req) = schema.get("required").and_then(Value::as_array) else {
-        return;
-    };
-    for r in req.iter().filter_map(Value::as_str) {
-        if obj.get(r).is_none() {
-            let p = if path.is_empty() {
-                r.to_string()
-            } else {
-                format!("{path}.{r}")
-            };
-            errors.push(format!("{p}: Required value"));
-        }
-    }
 }
 
 fn type_matches(ty: &str, v: &Value) -> bool {
@@ -79,20 +126,7 @@ fn type_matches(ty: &str, v: &Value) -> bool {
 
 fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
     if v.is_null() {
-        if !schema
-            .get("nullable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
-            // The real server drops nulls for non-nullable fields in some cases and rejects
-            // them in others; rejecting is the stricter choice.
-            if schema.get("type").is_some() {
-                errors.push(format!(
-                    "{path}: Invalid value: \"null\": {path} in body must be of type {}",
-                    schema["type"].as_str().unwrap_or("object")
-                ));
-            }
-        }
+        // Only reachable for nullable fields (others were pruned) and list items.
         return;
     }
     let int_or_string = schema
@@ -126,35 +160,7 @@ fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
         ));
     }
     match v {
-        Value::Object(map) => {
-            let props = schema.get("properties");
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            let preserve = preserves_unknown(schema)
-                || schema
-                    .get("x-kubernetes-embedded-resource")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-            let declared = props.is_some() || additional.is_some();
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let sub = props.and_then(|p| p.get(&key)).or(additional);
-                let child = format!("{path}.{key}");
-                match sub {
-                    Some(sub) => {
-                        if let Some(x) = map.get_mut(&key) {
-                            check(sub, x, &child, errors);
-                        }
-                    }
-                    // An object schema with neither properties nor additionalProperties keeps
-                    // nothing, unless it preserves unknown fields.
-                    None if !preserve && (declared || schema.get("type").is_some()) => {
-                        map.remove(&key);
-                    }
-                    None => {}
-                }
-            }
-            required(schema, v, path, errors);
-        }
+        Value::Object(map) => check_object(schema, map, path, errors),
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -192,7 +198,9 @@ mod tests {
                     "required": ["host"],
                     "properties": {
                         "host": {"type": "string"},
-                        "replicas": {"type": "integer"},
+                        "replicas": {"type": "integer", "default": 1},
+                        "nested": {"type": "object", "default": {},
+                                   "properties": {"on": {"type": "boolean", "default": true}}},
                         "mode": {"type": "string", "enum": ["A", "B"]},
                         "port": {"x-kubernetes-int-or-string": true},
                         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -216,12 +224,24 @@ mod tests {
                      "items": [{"n": 1, "junk": true}], "maybe": null},
             "extra": true
         });
+        let mut defaulted = json!({"spec": {"host": "h", "replicas": null}});
+        assert!(validate_and_prune(&schema(), &mut defaulted).is_empty());
+        assert_eq!(
+            defaulted["spec"]["replicas"], 1,
+            "null pruned, then defaulted"
+        );
+        assert_eq!(
+            defaulted["spec"]["nested"],
+            json!({"on": true}),
+            "defaults nest"
+        );
         assert_eq!(validate_and_prune(&schema(), &mut o), Vec::<String>::new());
         assert!(o.get("extra").is_none());
         assert!(o["spec"].get("unknown").is_none());
         assert!(o["spec"]["items"][0].get("junk").is_none());
         assert_eq!(o["spec"]["free"]["anything"], json!([1]));
         assert_eq!(o["metadata"]["whatever"], 1);
+        assert_eq!(o["spec"]["maybe"], Value::Null, "nullable nulls stay");
     }
 
     #[test]

@@ -116,14 +116,13 @@ fn cell(cell: &Cell, def: &PrinterColumn, obj: &Value, now: jiff::Timestamp) -> 
             .unwrap_or(Value::Null),
         Cell::Age => obj
             .pointer("/metadata/creationTimestamp")
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(|t| json!(human_duration(now.duration_since(t).as_secs())))
+            .map(|t| json!(age_of(t, now)))
             .unwrap_or(json!("<unknown>")),
         Cell::Path(path) => {
             let found = jsonpath(obj, path);
             match found.as_slice() {
                 [] => Value::Null,
+                [one] if def.type_ == "date" => json!(age_of(one, now)),
                 [one] => typed(one, &def.type_),
                 many => json!(many.iter().map(|v| text(v)).collect::<Vec<_>>().join(",")),
             }
@@ -131,7 +130,20 @@ fn cell(cell: &Cell, def: &PrinterColumn, obj: &Value, now: jiff::Timestamp) -> 
     }
 }
 
-/// Cells of `string` and `date` columns are strings; numbers and booleans stay JSON values.
+/// `date` cells are ages, as the real server renders them (`<invalid>` for unparsable or future
+/// times, which is why expiry columns should be `string`).
+fn age_of(v: &Value, now: jiff::Timestamp) -> String {
+    let secs = v
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| now.duration_since(t).as_secs());
+    match secs {
+        Some(s) if s >= -1 => human_duration(s),
+        _ => "<invalid>".into(),
+    }
+}
+
+/// Cells of `string` columns are strings; numbers and booleans stay JSON values.
 fn typed(v: &Value, type_: &str) -> Value {
     match type_ {
         "integer" | "number" | "boolean" => v.clone(),
@@ -354,12 +366,21 @@ mod tests {
                 "additionalPrinterColumns": [
                     {"name": "Ready", "type": "string",
                      "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
-                    {"name": "Count", "type": "integer", "jsonPath": ".status.count"}]}]}});
+                    {"name": "Count", "type": "integer", "jsonPath": ".status.count"},
+                    {"name": "Since", "type": "date", "jsonPath": ".status.since"},
+                    {"name": "Later", "type": "date", "jsonPath": ".status.later"}]}]}});
         let info = crate::sim::kube::resources::from_crd(&crd).unwrap();
         let obj = json!({"metadata": {"name": "w1"}, "status": {"count": 3,
+            "since": "2000-01-01T00:00:00Z", "later": "2999-01-01T00:00:00Z",
             "conditions": [{"type": "Ready", "status": "True"}]}});
         let t = table(&info, "v1", &[Cow::Borrowed(&obj)], Some(7));
-        assert_eq!(t["rows"][0]["cells"], json!(["w1", "True", 3]));
+        let cells = t["rows"][0]["cells"].as_array().unwrap();
+        assert_eq!(cells[..3], [json!("w1"), json!("True"), json!(3)]);
+        assert!(
+            cells[3].as_str().unwrap().ends_with('y'),
+            "a date renders as an age"
+        );
+        assert_eq!(cells[4], "<invalid>");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
         assert_eq!(t["columnDefinitions"][2]["type"], "integer");
 
