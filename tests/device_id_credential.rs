@@ -338,8 +338,13 @@ async fn first_refresh_uses_onboarding_and_publishes_the_certificate() {
         t == "Normal" && r == "Refreshed" && n.contains("evicted nothing")
     })
     .await;
-    // Nothing further is due: no more calls.
+    // Nothing further is due: no more calls, and a reconcile that finds nothing to do leaves
+    // status exactly as it was.
     env.assert_quiet(2).await;
+    let before = env.didcs().get("acme").await.unwrap().status;
+    env.annotate("acme", "example.com/touch", "1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.didcs().get("acme").await.unwrap().status, before);
     report("first refresh", &env, 1);
     assert_eq!(env.sim.count_429(), 0);
     env.shutdown().await;

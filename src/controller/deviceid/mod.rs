@@ -189,7 +189,9 @@ impl Run<'_> {
                 now: self.now,
             };
             let planned = plan::plan(&obs);
-            self.status.next_attempt_time = Some(planned.next_attempt_time.to_string());
+            // Unset while a call is allowed: "now" would change status on every reconcile.
+            self.status.next_attempt_time = (planned.next_attempt_time > self.now)
+                .then(|| planned.next_attempt_time.to_string());
             match planned.step {
                 Step::Wait {
                     ready,
