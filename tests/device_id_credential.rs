@@ -781,3 +781,22 @@ async fn restart_storm_causes_no_429() {
     assert!(!status(&d).attempts.is_empty());
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_private_key_is_generated_as_asked() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "  privateKey: {algorithm: RSA, size: 2048}\n")
+        .await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    let (crt, key, _) = env.output("acme-client").await.unwrap();
+    let pair = rcgen::KeyPair::from_pem(&key).unwrap();
+    assert!(
+        pair.is_compatible(&rcgen::PKCS_RSA_SHA256),
+        "not an RSA key"
+    );
+    assert!(env.sim.is_valid(&crt));
+    let subject = &certrotor::pki::parse_chain(&crt).unwrap()[0].subject;
+    assert!(subject.contains("CN=acme"), "{subject}");
+    env.shutdown().await;
+}

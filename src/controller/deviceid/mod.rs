@@ -214,7 +214,11 @@ impl Run<'_> {
                         message,
                     });
                     let after = recheck
-                        .map(|t| t.duration_since(Timestamp::now()).unsigned_abs())
+                        // A recheck time already past becomes the shortest requeue.
+                        .map(|t| {
+                            Duration::try_from(t.duration_since(Timestamp::now()))
+                                .unwrap_or_default()
+                        })
                         .unwrap_or(plan::RESYNC)
                         .clamp(Duration::from_millis(200), plan::RESYNC);
                     return Ok(Action::requeue(after));
@@ -304,9 +308,16 @@ impl Run<'_> {
             published.map(|p| &p.info),
         ) {
             Some(k) => k,
-            None => match pki::generate_key(alg) {
-                Ok(k) => k,
-                Err(e) => return Ok(Err(Invalid::new(e.reason(), e.to_string()))),
+            // RSA key generation takes long enough to stall other reconciles on this thread.
+            None => match tokio::task::spawn_blocking(move || pki::generate_key(alg)).await {
+                Ok(Ok(k)) => k,
+                Ok(Err(e)) => return Ok(Err(Invalid::new(e.reason(), e.to_string()))),
+                Err(e) => {
+                    return Ok(Err(Invalid::new(
+                        "Unsupported",
+                        format!("key generation failed: {e}"),
+                    )));
+                }
             },
         };
         let csr = match pki::generate_csr(&key_pem, &csr_subject(spec)) {
