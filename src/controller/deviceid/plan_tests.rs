@@ -317,6 +317,30 @@ fn token_refresh_when_enabled_and_due() {
 }
 
 #[test]
+fn token_refresh_with_an_unknown_outcome_waits_for_the_last_tenth() {
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec.refresh_token = true;
+    c.status.token_obtained_time = Some(at(0).to_string());
+    c.status.token_expiry = Some(at(10 * H).to_string());
+    c.now = 7 * H;
+    assert_eq!(c.plan().step, Step::RefreshToken, "due at two thirds");
+    let mut s = c.status.clone();
+    let prev = record_token_attempt(&mut s, at(7 * H));
+    after_token_call(&mut s, &Outcome::Unknown, prev, at(7 * H));
+    assert_eq!(s.unconfirmed_token_refresh, Some(at(7 * H).to_string()));
+    c.status = s;
+    assert_eq!(reason(&c.plan().step), "Valid", "deferred");
+    c.now = 9 * H;
+    assert_eq!(c.plan().step, Step::RefreshToken, "last tenth of its life");
+    // A received token settles it and restarts the schedule.
+    let mut s = c.status.clone();
+    let prev = record_token_attempt(&mut s, at(9 * H));
+    after_token_call(&mut s, &Outcome::Received, prev, at(9 * H));
+    assert_eq!(s.unconfirmed_token_refresh, None);
+    assert_eq!(s.token_obtained_time, Some(at(9 * H).to_string()));
+}
+
+#[test]
 fn bookkeeping_around_a_call() {
     let mut s = DeviceIdCredentialStatus::default();
     let prev = record_cert_attempt(&mut s, at(0));
