@@ -218,11 +218,22 @@ fn unconfirmed_refresh_defers_while_a_certificate_is_published() {
     assert_eq!(reason(&c.plan().step), "RenewRequested");
     c.status.last_renew_request = Some("now".into());
     assert_eq!(reason(&c.plan().step), "RefreshOutcomeUnknown");
-    // Nothing published yet: nothing to protect, so the budget alone decides.
+    // Nothing published yet: nothing to protect, so the budget (and the pause after a
+    // failure) alone decide.
     let mut c = Case::new(0);
     c.status.unconfirmed_refresh = Some(at(-10).to_string());
     c.status.attempts = vec![at(-10).to_string()];
     assert!(matches!(c.plan().step, Step::RefreshCert { .. }));
+    c.status.last_failure_time = Some(at(-9).to_string());
+    let p = c.plan();
+    assert_eq!(reason(&p.step), "RefreshOutcomeUnknown");
+    assert_eq!(p.next_attempt_time, at(21));
+    c.now = 21;
+    assert!(matches!(c.plan().step, Step::RefreshCert { .. }));
+    // A connection failure pauses too.
+    let mut c = Case::new(0);
+    c.status.last_failure_time = Some(at(-1).to_string());
+    assert_eq!(reason(&c.plan().step), "RefreshFailed");
 }
 
 #[test]
@@ -453,6 +464,7 @@ mod model {
         output: Option<(String, i64, i64)>,
         vendor: Vendor,
         calls: Vec<i64>,
+        /// 401s with the published certificate.
         unauthorized: usize,
         /// The published certificate may be gone because a deliberate refresh (deferred until
         /// near its expiry) was itself lost: the documented risk, allowed until the next success.
@@ -572,7 +584,12 @@ mod model {
             Credential::Published => w.output.as_ref().map(|o| o.0.clone()).unwrap_or_default(),
         };
         if !w.vendor.valid.contains(&presented) {
-            w.unauthorized += 1;
+            // Falling back to the onboarding certificate once the published one expired (the
+            // model lets time run past it) is expected to fail; presenting an evicted published
+            // certificate is the lock-out this controller must avoid.
+            if credential == Credential::Published {
+                w.unauthorized += 1;
+            }
             let r = Rejection {
                 reason: "Unauthorized".into(),
                 credential: format!("sha256:{presented}"),
