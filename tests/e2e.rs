@@ -278,7 +278,7 @@ spec:
                 && s.serial_number.is_some()
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !ready(&didcs.get("iot").await.unwrap()) {
         assert!(std::time::Instant::now() < deadline, "never Ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
