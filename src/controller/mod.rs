@@ -43,6 +43,10 @@ pub enum Error {
 }
 
 impl Error {
+    /// The `metric_label()` of every failure (`CleanupPending` is not one), so that the error
+    /// counters can start at zero.
+    pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "no_namespace", "serialize"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
@@ -381,4 +385,29 @@ async fn run_deviceid(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_labels_cover_the_failures() {
+        let serialize = serde_json::from_str::<i32>("x").unwrap_err();
+        for e in [
+            Error::Finalizer("f".into()),
+            Error::NoNamespace,
+            Error::Serialize(serialize),
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+        ] {
+            assert!(Error::FAILURE_LABELS.contains(&e.metric_label()), "{e}");
+        }
+        let pending = Error::CleanupPending("p".into());
+        assert!(!Error::FAILURE_LABELS.contains(&pending.metric_label()));
+        assert_eq!(outcome_of(&Err(pending)), ReconcileOutcome::CleanupPending);
+        assert_eq!(
+            outcome_of(&Err(Error::NoNamespace)),
+            ReconcileOutcome::Error("no_namespace")
+        );
+    }
 }

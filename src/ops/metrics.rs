@@ -180,6 +180,23 @@ impl Metrics {
             "Time one HTTP call to a tenant took, by vendor and operation",
             tenant_call_duration.clone(),
         );
+        // Series that exist from the start read 0 instead of missing, so rates and alerts on
+        // them work before the first failure.
+        for kind in [TENANT_CERTIFICATE, DEVICE_ID_CREDENTIAL] {
+            for outcome in [
+                ReconcileOutcome::Success,
+                ReconcileOutcome::Error(""),
+                ReconcileOutcome::CleanupPending,
+            ] {
+                let _ = reconciles.get_or_create(&ReconcileLabels {
+                    kind,
+                    outcome: outcome.label(),
+                });
+            }
+            for error in crate::controller::Error::FAILURE_LABELS {
+                let _ = reconcile_errors.get_or_create(&ErrorLabels { kind, error });
+            }
+        }
         let caches = Arc::new(Caches::default());
         registry.register_collector(Box::new(CacheCollector {
             caches: caches.clone(),
@@ -393,6 +410,9 @@ pub fn calls_allowed_now(limits: &Limits, attempts: &[Timestamp], now: Timestamp
     allowed as u64
 }
 
+/// Which timestamp of an object a gauge reports.
+type Timestamped = fn(&ObjectSample) -> Option<i64>;
+
 #[derive(Debug)]
 struct CacheCollector {
     caches: Arc<Caches>,
@@ -408,7 +428,7 @@ impl Collector for CacheCollector {
                 ("name", s.id.name.clone()),
             ]
         };
-        let timestamps: [(&str, &str, fn(&ObjectSample) -> Option<i64>); 2] = [
+        let timestamps: [(&str, &str, Timestamped); 2] = [
             (
                 names::CERTIFICATE_EXPIRY,
                 "notAfter of the certificate in use, as Unix seconds",
@@ -548,6 +568,9 @@ mod tests {
                 r#"certrotor_reconcile_duration_seconds_count{kind="TenantCertificate"} 1"#
             )
         );
+        assert!(text.contains(
+            r#"certrotor_reconcile_errors_total{kind="DeviceIdCredential",error="serialize"} 0"#
+        ));
         // No store yet: the gauges are described but have no samples.
         assert!(text.contains("# TYPE certrotor_certificate_expiry_timestamp_seconds gauge"));
         assert!(!text.contains("certrotor_certificate_expiry_timestamp_seconds{"));
