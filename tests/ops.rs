@@ -67,9 +67,13 @@ impl Process {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("admin address in the log");
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+            panic!(
+                "no admin address in the log of {}; exited: {:?}",
+                env!("CARGO_BIN_EXE_certrotor"),
+                child.try_wait()
+            );
+        };
         Process {
             child,
             admin: addr.parse().unwrap(),
@@ -255,14 +259,21 @@ async fn start_in_process(
     client: kube::Client,
     namespaces: Vec<String>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = Operator {
         options: fast_options(),
         namespaces,
         ..Default::default()
     };
+    start_operator(client, operator).await
+}
+
+async fn start_operator(
+    client: kube::Client,
+    operator: Operator,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         ops::run(client, operator, listener, async move {
             let _ = stopped.await;
@@ -496,4 +507,82 @@ async fn namespaces_limit_what_is_watched() {
         "{text}"
     );
     assert!(!text.contains(r#"namespace="default""#), "{text}");
+}
+
+/// Sets the Lease's holder as another replica would when it takes the lease over.
+async fn set_holder(client: &kube::Client, holder: Option<&str>) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    let patch = serde_json::json!({"spec": {
+        "holderIdentity": holder,
+        "renewTime": holder.map(|_| now),
+        "leaseDurationSeconds": holder.map(|_| 60),
+    }});
+    leases
+        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_the_lease_stops_reconciling_until_it_wins_it_back() {
+    let env = Env::new(sim_config()).await;
+    let operator = Operator {
+        options: fast_options(),
+        leader: Some(ops::leader::LeaderConfig {
+            lease_name: LEASE.into(),
+            lease_namespace: NS.into(),
+            identity: "op-a".into(),
+            lease_duration: Duration::from_secs(LEASE_SECONDS),
+        }),
+        ..Default::default()
+    };
+    let (admin, stop) = start_operator(env.client.clone(), operator).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    env.wait_ready("login").await;
+    assert_eq!(holder(&env.client).await.as_deref(), Some("op-a"));
+    let gauge = r#"certrotor_resource_condition{kind="TenantCertificate",namespace="default",name="login",condition="Ready"} 1"#;
+    assert!(scrape(admin).await.contains(gauge));
+
+    // Another replica takes the lease: at its next renewal op-a sees that, stops its
+    // controllers (their caches go, and with them the per-object gauges) and stands by.
+    set_holder(&env.client, Some("intruder")).await;
+    wait_until(LEASE_SECONDS + 3, "op-a stands by", || async {
+        !scrape(admin).await.contains(gauge)
+    })
+    .await;
+    assert!(is_200(admin, "/readyz").await, "a standby is ready");
+    let calls = env.tenant_calls().len();
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {api::RENEW_ANNOTATION: "while-standby"}}});
+    env.tcerts()
+        .patch("login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        env.tenant_calls().len(),
+        calls,
+        "a standby must not call the tenant"
+    );
+
+    // The intruder lets go: op-a takes the lease back and acts on what it missed.
+    set_holder(&env.client, None).await;
+    wait_until(LEASE_SECONDS + 3, "op-a leads again", || async {
+        holder(&env.client).await.as_deref() == Some("op-a")
+    })
+    .await;
+    env.wait_for("login", 30, "renewed after winning the lease back", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.last_renew_request.as_deref())
+            == Some("while-standby")
+            && is_ready(t)
+    })
+    .await;
+    assert!(env.tenant_calls().len() > calls);
+    let _ = stop.send(());
 }
