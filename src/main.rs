@@ -64,6 +64,8 @@ struct RunArgs {
         long,
         env = "CERTROTOR_LEADER_ELECTION",
         default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
         action = clap::ArgAction::Set
     )]
     leader_election: bool,
@@ -73,8 +75,8 @@ struct RunArgs {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// How long the Lease stays valid without renewal: a standby takes over within this time
-    /// after the leader dies (whole seconds, at least 2s).
+    /// How long the Lease stays valid without renewal: a standby takes over at most this long
+    /// (plus up to 1s) after the leader dies (whole seconds, at least 2s).
     #[arg(long, env = "CERTROTOR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
     lease_duration: Duration,
     /// Watch only these namespaces (comma-separated); every namespace when empty.
