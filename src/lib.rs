@@ -7,6 +7,7 @@ pub mod api;
 pub mod cie;
 pub mod controller;
 pub mod demo;
+pub mod ops;
 pub mod pki;
 pub mod sim;
 pub mod telemetry;

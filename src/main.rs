@@ -56,6 +56,32 @@ struct RunArgs {
     /// How often a settled certificate is checked against the tenant.
     #[arg(long, env = "CERTROTOR_RESYNC", default_value = "1h", value_parser = duration)]
     resync: Duration,
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    #[arg(long, env = "CERTROTOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Run the controllers only while holding the Lease (for more than one replica).
+    #[arg(
+        long,
+        env = "CERTROTOR_LEADER_ELECTION",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "CERTROTOR_LEASE_NAME", default_value = "certrotor-leader")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long the Lease stays valid without renewal: a standby takes over at most this long
+    /// (plus up to 1s) after the leader dies (whole seconds, at least 2s).
+    #[arg(long, env = "CERTROTOR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    lease_duration: Duration,
+    /// Watch only these namespaces (comma-separated); every namespace when empty.
+    #[arg(long, env = "CERTROTOR_NAMESPACES", default_value = "")]
+    namespaces: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,21 +133,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
-        Command::Run(args) => {
-            let client = kube::Client::try_default().await?;
-            let options = certrotor::controller::Options {
-                poll: certrotor::controller::PollPolicy {
-                    min: args.live_poll_min,
-                    max: args.live_poll_max,
-                    resync: args.resync,
-                },
-                concurrency: args.concurrency,
-                ..Default::default()
-            };
-            tracing::info!(version = env!("CARGO_PKG_VERSION"), "certrotor starting");
-            certrotor::controller::run(client, options, None, shutdown_signal()).await;
-            tracing::info!("certrotor stopped");
-        }
+        Command::Run(args) => run(args).await?,
         Command::Sim(SimCommand::Aic {
             listen,
             live_delay,
@@ -145,6 +157,54 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
     }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use certrotor::ops::{self, leader};
+
+    let leader = if args.leader_election {
+        // Checked here so a bad value fails at start-up, not on the first lease attempt.
+        leader::lease_seconds(args.lease_duration).map_err(anyhow::Error::msg)?;
+        let hostname = std::env::var("HOSTNAME").ok().or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        });
+        let suffix: String = std::iter::repeat_with(fastrand::lowercase)
+            .take(6)
+            .collect();
+        Some(leader::LeaderConfig {
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            identity: leader::identity(std::env::var("POD_NAME").ok(), hostname, &suffix),
+            lease_duration: args.lease_duration,
+        })
+    } else {
+        None
+    };
+    let operator = ops::Operator {
+        options: certrotor::controller::Options {
+            poll: certrotor::controller::PollPolicy {
+                min: args.live_poll_min,
+                max: args.live_poll_max,
+                resync: args.resync,
+            },
+            concurrency: args.concurrency,
+            ..Default::default()
+        },
+        leader,
+        namespaces: ops::namespaces::parse_namespaces(&args.namespaces),
+        observer: None,
+    };
+    let admin = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the admin server to {}", args.metrics_addr))?;
+    let client = kube::Client::try_default().await?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "certrotor starting");
+    ops::run(client, operator, admin, shutdown_signal()).await?;
+    tracing::info!("certrotor stopped");
     Ok(())
 }
 

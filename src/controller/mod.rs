@@ -6,18 +6,22 @@ pub mod patch;
 pub mod tenant;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::aic::CallObserver;
 use crate::api::{DeviceIdCredential, TenantCertificate};
+use crate::ops::admin::Health;
+use crate::ops::metrics::{self, Metrics, ReconcileOutcome};
+use crate::ops::namespaces::watch_scoped;
 pub use clients::AicClients;
 pub use tenant::plan::PollPolicy;
 
@@ -39,6 +43,10 @@ pub enum Error {
 }
 
 impl Error {
+    /// The `metric_label()` of every failure (`CleanupPending` is not one), so that the error
+    /// counters can start at zero.
+    pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "no_namespace", "serialize"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
@@ -79,6 +87,7 @@ pub struct Context {
     pub options: Options,
     /// DeviceIdCredential: per-credential call locks and the resources' store.
     pub deviceid: deviceid::Shared,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -86,6 +95,7 @@ impl Context {
         client: Client,
         options: Options,
         observer: Option<Arc<dyn CallObserver>>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "certrotor".into(),
@@ -94,10 +104,27 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            aic: AicClients::new(observer),
+            aic: AicClients::new(Some(tee(observer, metrics.aic_observer()))),
             options,
             deviceid: deviceid::Shared::default(),
+            metrics,
         })
+    }
+
+    /// Records one call to a CIE tenant (the AIC client reports its own calls).
+    pub fn cie_call<T, E>(
+        &self,
+        operation: &'static str,
+        result: &Result<T, E>,
+        reason: impl Fn(&E) -> &'static str,
+        started: Instant,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => reason(e),
+        };
+        self.metrics
+            .tenant_call(metrics::CIE, operation, outcome, started.elapsed());
     }
 
     /// Publishes an Event about `obj`; a failure to record is logged, never fatal.
@@ -135,6 +162,65 @@ fn user_intent<K: Resource>(obj: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// What the binary adds around the controllers: metrics, readiness, and the namespaces to watch.
+#[derive(Default)]
+pub struct Wiring {
+    /// Also receives every AIC call (tests count calls with it).
+    pub observer: Option<Arc<dyn CallObserver>>,
+    /// Where reconciles, tenant calls and the caches are reported; a private registry if unset.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Told when both controllers' caches have synced.
+    pub health: Option<Arc<Health>>,
+    /// Watch only these namespaces; every namespace when empty.
+    pub namespaces: Vec<String>,
+}
+
+/// Both observers see every call.
+struct Tee(Arc<dyn CallObserver>, Arc<dyn CallObserver>);
+
+impl CallObserver for Tee {
+    fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
+        self.0.observe(operation, outcome, elapsed);
+        self.1.observe(operation, outcome, elapsed);
+    }
+}
+
+fn tee(
+    first: Option<Arc<dyn CallObserver>>,
+    metrics: Arc<dyn CallObserver>,
+) -> Arc<dyn CallObserver> {
+    match first {
+        Some(first) => Arc::new(Tee(first, metrics)),
+        None => metrics,
+    }
+}
+
+fn outcome_of(result: &Result<Action, Error>) -> ReconcileOutcome {
+    match result {
+        Ok(_) => ReconcileOutcome::Success,
+        Err(Error::CleanupPending(_)) => ReconcileOutcome::CleanupPending,
+        Err(e) => ReconcileOutcome::Error(e.metric_label()),
+    }
+}
+
+/// `reconcile`, counted and timed under `kind`.
+async fn measured<K, F, Fut>(
+    kind: &'static str,
+    reconcile: F,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error>
+where
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let result = reconcile(obj, ctx.clone()).await;
+    ctx.metrics
+        .reconciled(kind, outcome_of(&result), started.elapsed());
+    result
+}
+
 /// Runs the controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -142,25 +228,45 @@ pub async fn run(
     observer: Option<Arc<dyn CallObserver>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Context::new(client.clone(), options.clone(), observer);
+    let wiring = Wiring {
+        observer,
+        ..Default::default()
+    };
+    run_with(client, options, wiring, shutdown).await;
+}
+
+/// Runs the controllers until `shutdown` resolves, wired as `wiring` says.
+pub async fn run_with(
+    client: Client,
+    options: Options,
+    wiring: Wiring,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let metrics = wiring.metrics.unwrap_or_default();
+    let namespaces = wiring.namespaces;
+    let ctx = Context::new(
+        client.clone(),
+        options.clone(),
+        wiring.observer,
+        metrics.clone(),
+    );
     // Both controllers stop on the same signal.
     let shutdown = futures::FutureExt::shared(shutdown);
     let stopped = shutdown.clone();
-    let tcerts: Api<TenantCertificate> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(tcerts, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(user_intent, Default::default());
+    metrics.caches().set_tenant(Some(reader.clone()));
+    let stream = reflector(
+        writer,
+        watch_scoped::<TenantCertificate>(&client, &namespaces, watcher::Config::default()),
+    )
+    .touched_objects()
+    .predicate_filter(user_intent, Default::default());
     let controller = Controller::for_stream(stream, reader.clone());
     // Only metadata of Secrets is watched (names and resourceVersions), mapped to the resources
     // that reference them.
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let secrets =
+        watch_scoped::<PartialObjectMeta<Secret>>(&client, &namespaces, watcher::Config::default())
+            .touched_objects();
     let store = reader.clone();
     let tenant_certificates = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
@@ -175,17 +281,54 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(tenant::reconcile, tenant::error_policy, ctx.clone())
+        .run(
+            |obj, ctx| measured(metrics::TENANT_CERTIFICATE, tenant::reconcile, obj, ctx),
+            tenant::error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
         });
-    futures::join!(
+    let (didc_reader, didc_writer) = reflector::store();
+    metrics.caches().set_deviceid(Some(didc_reader.clone()));
+    let synced = {
+        let (tenant, deviceid) = (reader.clone(), didc_reader.clone());
+        let health = wiring.health.clone();
+        async move {
+            if tenant.wait_until_ready().await.is_ok() && deviceid.wait_until_ready().await.is_ok()
+            {
+                tracing::info!("caches synced");
+                if let Some(health) = health {
+                    health.set_caches_synced(true);
+                }
+            }
+        }
+    };
+    // The sync watch ends with the controllers (their writers drop), or never resolves if they
+    // stop first; either way it must not keep `run_with` alive.
+    let controllers = futures::future::join(
         tenant_certificates,
-        run_deviceid(client, options, ctx, stopped)
+        run_deviceid(
+            client,
+            options,
+            ctx,
+            &namespaces,
+            (didc_reader, didc_writer),
+            stopped,
+        ),
     );
+    tokio::select! {
+        _ = controllers => {},
+        _ = async { synced.await; std::future::pending::<()>().await } => {},
+    }
+    metrics.caches().set_tenant(None);
+    metrics.caches().set_deviceid(None);
+    if let Some(health) = wiring.health {
+        health.set_caches_synced(false);
+    }
 }
 
 /// The DeviceIdCredential controller, built like the TenantCertificate one.
@@ -193,21 +336,23 @@ async fn run_deviceid(
     client: Client,
     options: Options,
     ctx: Arc<Context>,
+    namespaces: &[String],
+    (reader, writer): (
+        reflector::Store<DeviceIdCredential>,
+        reflector::store::Writer<DeviceIdCredential>,
+    ),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let didcs: Api<DeviceIdCredential> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
     ctx.deviceid.set_store(reader.clone());
-    let stream = reflector(writer, watcher(didcs, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(user_intent, Default::default());
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default(),
+    let stream = reflector(
+        writer,
+        watch_scoped::<DeviceIdCredential>(&client, namespaces, watcher::Config::default()),
     )
-    .default_backoff()
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(user_intent, Default::default());
+    let secrets =
+        watch_scoped::<PartialObjectMeta<Secret>>(&client, namespaces, watcher::Config::default())
+            .touched_objects();
     let store = reader.clone();
     Controller::for_stream(stream, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
@@ -222,7 +367,11 @@ async fn run_deviceid(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(deviceid::reconcile, deviceid::error_policy, ctx)
+        .run(
+            |obj, ctx| measured(metrics::DEVICE_ID_CREDENTIAL, deviceid::reconcile, obj, ctx),
+            deviceid::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
@@ -236,4 +385,29 @@ async fn run_deviceid(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_labels_cover_the_failures() {
+        let serialize = serde_json::from_str::<i32>("x").unwrap_err();
+        for e in [
+            Error::Finalizer("f".into()),
+            Error::NoNamespace,
+            Error::Serialize(serialize),
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+        ] {
+            assert!(Error::FAILURE_LABELS.contains(&e.metric_label()), "{e}");
+        }
+        let pending = Error::CleanupPending("p".into());
+        assert!(!Error::FAILURE_LABELS.contains(&pending.metric_label()));
+        assert_eq!(outcome_of(&Err(pending)), ReconcileOutcome::CleanupPending);
+        assert_eq!(
+            outcome_of(&Err(Error::NoNamespace)),
+            ReconcileOutcome::Error("no_namespace")
+        );
+    }
 }

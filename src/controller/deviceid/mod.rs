@@ -336,7 +336,10 @@ impl Run<'_> {
             return Ok(Ok(()));
         }
         tracing::info!(name = %self.obj.name_any(), reason, credential = ?credential, "cert:refresh");
+        let started = Instant::now();
         let result = client.refresh_certificate(&csr, &spec.cert_name).await;
+        self.ctx
+            .cie_call("cert_refresh", &result, CieError::reason, started);
         let after = Timestamp::now();
         let outcome = match result {
             Ok(refresh) => match pki::check_key_matches(&refresh.cert, &key_pem)
@@ -459,7 +462,10 @@ impl Run<'_> {
         self.now = Timestamp::now();
         let previous = plan::record_token_attempt(&mut self.status, self.now);
         self.write_status().await?;
+        let started = Instant::now();
         let result = client.refresh_token().await;
+        self.ctx
+            .cie_call("token_refresh", &result, CieError::reason, started);
         let after = Timestamp::now();
         let outcome = match result {
             Ok(token) => {
