@@ -5,7 +5,7 @@ Usage: python tests/packaging/check_rbac.py RENDERED.yaml...   (exit 1 and a lis
 The operator's calls (src/controller) are the contract below. Everything but leases must be granted
 either by one ClusterRole (all namespaces) or, when the Deployment sets CERTROTOR_NAMESPACES, by a
 Role in each of those namespaces and no ClusterRole; leases only by a Role in the operator's own
-namespace, with get/update limited to the Lease the Deployment names in --lease-name.
+namespace, with get/patch limited to the Lease the Deployment names in --lease-name.
 """
 
 import sys
@@ -25,7 +25,7 @@ OPERATOR_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE = ("coordination.k8s.io", "leases")
-LEASE_VERBS = {"get", "create", "update"}
+LEASE_VERBS = {"get", "create", "patch"}
 # Verbs that work on a named object, so resourceNames can (and should) limit them.
 NAMED_VERBS = {"get", "update", "patch", "delete"}
 

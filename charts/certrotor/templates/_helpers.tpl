@@ -83,7 +83,7 @@ Leases are granted apart, in the release namespace only (certrotor.leaseRules).
   verbs: [create, patch]
 {{- end }}
 
-{{/* Leader election: create cannot be limited by name; get and update only touch our Lease. */}}
+{{/* Leader election (kube-lease-manager): create cannot be limited by name; get and patch only touch our Lease. */}}
 {{- define "certrotor.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
@@ -91,5 +91,5 @@ Leases are granted apart, in the release namespace only (certrotor.leaseRules).
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   resourceNames: [{{ include "certrotor.leaseName" . | quote }}]
-  verbs: [get, update]
+  verbs: [get, patch]
 {{- end }}
