@@ -201,11 +201,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.metrics_addr))?;
-    let client = kube::Client::try_default().await?;
+    let client = kube_client().await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "certrotor starting");
     ops::run(client, operator, admin, shutdown_signal()).await?;
     tracing::info!("certrotor stopped");
     Ok(())
+}
+
+/// As `Client::try_default`, naming certrotor in the User-Agent so API audit logs (and the
+/// stand-in's RBAC test) can tell its calls apart.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    let agent = concat!("certrotor/", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        reqwest::header::USER_AGENT,
+        reqwest::header::HeaderValue::from_static(agent),
+    ));
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

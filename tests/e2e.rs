@@ -9,6 +9,9 @@ use std::time::Duration;
 use common::*;
 use kube::api::{Patch, PatchParams};
 
+/// These tests each run whole operator processes; one at a time keeps a 2-core machine honest.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Operator {
     child: Child,
 }
@@ -75,6 +78,7 @@ fn ours(env: &Env) -> Vec<certrotor::sim::aic::SimCertificate> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_reconciles_survives_kill_9_and_cleans_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = Env::new(sim_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -171,6 +175,7 @@ async fn real_binary_reconciles_survives_kill_9_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_applies_each_deletion_policy() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = Env::new(sim_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -232,6 +237,7 @@ async fn real_binary_applies_each_deletion_policy() {
 /// the attempts recorded, and the output Secret still holds a certificate the service accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_kill_9_mid_refresh_overspends_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     use certrotor::sim::cie::{CieSim, CieSimConfig, Operation};
     use k8s_openapi::api::core::v1::Secret;
 
@@ -331,4 +337,220 @@ spec:
     );
     operator.stop();
     cie.shutdown().await;
+}
+
+/// The contract the chart's RBAC is checked against (tests/packaging/check_rbac.py), read back:
+/// (group, resource[/subresource]) → verbs.
+fn rbac_contract()
+-> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/packaging/check_rbac.py"
+    ))
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let verbs = |set: &str| {
+        set.split(',')
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("(\"") {
+            // ("group", "resource"): {"get", "list"},
+            let (group, rest) = rest.split_once("\", \"").unwrap();
+            let (resource, rest) = rest.split_once("\"): {").unwrap();
+            let set = rest.trim_end_matches(',').trim_end_matches('}');
+            out.insert((group.to_string(), resource.to_string()), verbs(set));
+        } else if let Some(set) = line.strip_prefix("LEASE_VERBS = {") {
+            out.insert(
+                ("coordination.k8s.io".into(), "leases".into()),
+                verbs(set.trim_end_matches('}')),
+            );
+        }
+    }
+    assert!(out.len() >= 9, "could not read the RBAC contract: {out:?}");
+    out
+}
+
+/// The real binary, through every flow (Local rotation and Delete, Tenant CSR, Device-ID refresh and
+/// renew, leader election): the calls it makes are exactly what the chart's RBAC grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_calls_are_exactly_what_the_rbac_contract_grants() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    use certrotor::sim::cie::{CieSim, CieSimConfig};
+    let env = Env::new(sim_config()).await;
+    let cie = CieSim::start("127.0.0.1:0".parse().unwrap(), CieSimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    env.standin.write_kubeconfig(&kubeconfig).unwrap();
+    let operator = Operator::spawn(&kubeconfig);
+
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml(
+            "login",
+            "login-tls",
+            "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
+    env.wait_ready("login").await;
+    let (chain2, key2) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain2, &key2).await;
+    let fp2 = fingerprint(&chain2);
+    env.wait_for("login", 60, "rotated", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            s.fingerprint.as_deref() == Some(fp2.as_str()) && s.previous_certificate_ids.is_empty()
+        })
+    })
+    .await;
+    env.apply(&with_url(
+        "apiVersion: certrotor.io/v1alpha1
+kind: TenantCertificate
+metadata: {name: idp, namespace: default}
+spec:
+  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
+  keySource: Tenant
+  secretRef: {name: idp-tls}
+  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}
+",
+        &env,
+    ))
+    .await;
+    env.wait_for("idp", 60, "CSR", |t| {
+        t.status.as_ref().is_some_and(|s| s.csr.is_some())
+    })
+    .await;
+    let didcs = apply_device(&env, &cie, "iot").await;
+    wait_device_refreshes(&didcs, "iot", 1).await;
+    let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "rbac"}}});
+    didcs
+        .patch("iot", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_device_refreshes(&didcs, "iot", 2).await;
+    env.delete("login").await;
+    env.delete("idp").await;
+    env.wait_gone("login", 60).await;
+    env.wait_gone("idp", 60).await;
+    operator.stop();
+
+    let contract = rbac_contract();
+    let observed: std::collections::BTreeSet<(String, String, String)> = env
+        .standin
+        .calls_by("certrotor/")
+        .into_iter()
+        .map(|(verb, resource)| {
+            let (resource, sub) = match resource.split_once('/') {
+                Some((r, s)) => (r.to_string(), format!("/{s}")),
+                None => (resource, String::new()),
+            };
+            let (plural, group) = resource
+                .split_once('.')
+                .map(|(p, g)| (p.to_string(), g.to_string()))
+                .unwrap_or((resource, String::new()));
+            (group, format!("{plural}{sub}"), verb.as_str().to_string())
+        })
+        .collect();
+    assert!(
+        !observed.is_empty(),
+        "the operator's User-Agent was not seen"
+    );
+    let granted = |g: &str, r: &str, v: &str| {
+        contract
+            .get(&(g.to_string(), r.to_string()))
+            .is_some_and(|vs| vs.contains(v))
+    };
+    let missing: Vec<_> = observed
+        .iter()
+        .filter(|(g, r, v)| !granted(g, r, v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "calls the RBAC contract does not grant: {missing:?}"
+    );
+    // No more than needed: every granted verb is used, except `update` on `*/finalizers`, which
+    // is an authorization check (ownerReferences with blockOwnerDeletion), never a call of its own,
+    // and `create` on what we write with server-side apply (an apply may create the object).
+    let unused: Vec<_> = contract
+        .iter()
+        .flat_map(|((g, r), vs)| vs.iter().map(move |v| (g.clone(), r.clone(), v.clone())))
+        .filter(|(g, r, v)| {
+            let exempt = (r.ends_with("/finalizers") && v == "update")
+                || (g.is_empty() && (r == "secrets" || r == "configmaps") && v == "create");
+            !exempt && !observed.contains(&(g.clone(), r.clone(), v.clone()))
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {unused:?}\nobserved: {observed:?}"
+    );
+    cie.shutdown().await;
+}
+
+async fn apply_device(
+    env: &Env,
+    cie: &certrotor::sim::cie::CieSim,
+    name: &str,
+) -> kube::Api<certrotor::api::DeviceIdCredential> {
+    let onboarding = cie.onboarding();
+    env.put_secret(
+        &format!("{name}-onboarding"),
+        [
+            ("tls.crt".to_string(), onboarding.cert_pem),
+            ("tls.key".to_string(), onboarding.key_pem),
+            ("apiKey".to_string(), onboarding.api_key),
+        ]
+        .into(),
+    )
+    .await;
+    let mut device: certrotor::api::DeviceIdCredential = serde_saphyr::from_str(&format!(
+        "apiVersion: certrotor.io/v1alpha1
+kind: DeviceIdCredential
+metadata: {{name: {name}, namespace: default}}
+spec:
+  endpoint: https://placeholder
+  onboardingSecretRef: {{name: {name}-onboarding}}
+  certName: {name}
+  secretName: {name}-client
+"
+    ))
+    .unwrap();
+    device.spec.endpoint = cie.url();
+    device.spec.ca_bundle = Some(cie.ca_pem());
+    let didcs: kube::Api<certrotor::api::DeviceIdCredential> =
+        kube::Api::namespaced(env.client.clone(), NS);
+    didcs.create(&Default::default(), &device).await.unwrap();
+    didcs
+}
+
+/// Waits until the credential is Ready after `n` recorded refreshes.
+async fn wait_device_refreshes(
+    didcs: &kube::Api<certrotor::api::DeviceIdCredential>,
+    name: &str,
+    n: usize,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = didcs.get(name).await.unwrap();
+        let s = d.status.unwrap_or_default();
+        if certrotor::api::is_true(&s.conditions, certrotor::api::READY)
+            && s.attempts.len() >= n
+            && s.serial_number.is_some()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: not Ready after {n} refreshes: {:?}",
+            s.conditions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -14,14 +14,14 @@ from collections import defaultdict
 import yaml
 
 OPERATOR_RULES = {
-    ("certrotor.io", "tenantcertificates"): {"get", "list", "watch", "patch"},
-    ("certrotor.io", "deviceidcredentials"): {"get", "list", "watch", "patch"},
-    ("certrotor.io", "tenantcertificates/status"): {"get", "patch"},
-    ("certrotor.io", "deviceidcredentials/status"): {"get", "patch"},
+    ("certrotor.io", "tenantcertificates"): {"list", "watch", "patch"},
+    ("certrotor.io", "deviceidcredentials"): {"get", "list", "watch"},
+    ("certrotor.io", "tenantcertificates/status"): {"patch"},
+    ("certrotor.io", "deviceidcredentials/status"): {"patch"},
     ("certrotor.io", "tenantcertificates/finalizers"): {"update"},
     ("certrotor.io", "deviceidcredentials/finalizers"): {"update"},
     ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "create", "patch"},
+    ("", "configmaps"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE = ("coordination.k8s.io", "leases")

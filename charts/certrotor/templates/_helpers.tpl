@@ -52,23 +52,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The Kubernetes API calls the controllers make, and nothing more (scripts/check-packaging.sh
-compares the rendered rules with this list):
-- both kinds: get/list/watch; patch adds and removes the finalizer (JSON patch on the resource);
-- their status: get, patch; their finalizers: update, because objects we create carry
-  ownerReferences with blockOwnerDeletion;
-- secrets: a metadata-only watch across namespaces for the referenced Secrets; the Device-ID
-  controller creates and patches its output Secret and a "<name>-pending" Secret, then deletes it;
-- configmaps: server-side apply of "<name>-csr";
+compares the rendered rules with this list; tests/e2e.rs checks the list against the calls the
+real binary makes, by User-Agent, through every flow):
+- TenantCertificates: list/watch (reads come from the cache); patch adds and removes the
+  finalizer (JSON patch on the resource);
+- DeviceIdCredentials: get/list/watch (no finalizer: there is nothing to clean up at the vendor);
+- both kinds' status: patch; their finalizers: update, because objects we create carry
+  ownerReferences with blockOwnerDeletion (an authorization check, not a call);
+- secrets: a metadata-only watch across namespaces for the referenced Secrets, get; the
+  Device-ID controller writes its output Secret and a "<name>-pending" Secret with server-side
+  apply (create: apply may create them), then deletes the pending one;
+- configmaps: server-side apply of "<name>-csr" (patch, and create for the first apply);
 - events: kube's Recorder creates events and patches repeats into a series.
 Leases are granted apart, in the release namespace only (certrotor.leaseRules).
 */}}
 {{- define "certrotor.rules" -}}
 - apiGroups: [certrotor.io]
-  resources: [tenantcertificates, deviceidcredentials]
-  verbs: [get, list, watch, patch]
+  resources: [tenantcertificates]
+  verbs: [list, watch, patch]
+- apiGroups: [certrotor.io]
+  resources: [deviceidcredentials]
+  verbs: [get, list, watch]
 - apiGroups: [certrotor.io]
   resources: [tenantcertificates/status, deviceidcredentials/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [certrotor.io]
   resources: [tenantcertificates/finalizers, deviceidcredentials/finalizers]
   verbs: [update]
@@ -77,7 +84,7 @@ Leases are granted apart, in the release namespace only (certrotor.leaseRules).
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [create, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -211,6 +211,7 @@ impl StandIn {
         let app = Arc::new(App {
             state: RwLock::new(store::State::new(options.history_limit)),
             stats: Mutex::new(Stats::default()),
+            audit: Mutex::new(Default::default()),
             shutdown: stopped.clone(),
             stop,
             bookmark_interval: options.bookmark_interval,
@@ -273,6 +274,22 @@ impl StandIn {
             .stats
             .lock()
             .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// The kinds of call (verb, `resource[.group][/subresource]`) made by clients whose
+    /// User-Agent starts with `agent`.
+    pub fn calls_by(&self, agent: &str) -> std::collections::BTreeSet<(Verb, String)> {
+        self.inner
+            .app
+            .audit
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .filter(|(ua, _, _)| ua.starts_with(agent))
+                    .map(|(_, v, r)| (*v, r.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -26,6 +26,9 @@ use super::{Stats, Verb};
 pub struct App {
     pub state: RwLock<State>,
     pub stats: Mutex<Stats>,
+    /// (User-Agent, verb, resource[/subresource]) of every request: which client made which
+    /// kind of call, e.g. to check RBAC against what the operator really does.
+    pub audit: Mutex<std::collections::BTreeSet<(String, Verb, String)>>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub stop: tokio::sync::watch::Sender<bool>,
     pub bookmark_interval: Duration,
@@ -189,6 +192,17 @@ pub async fn handle(
         }
     };
     app.count(verb, &info.group_resource());
+    if let Ok(mut audit) = app.audit.lock() {
+        let agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let resource = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", info.group_resource()),
+            None => info.group_resource(),
+        };
+        audit.insert((agent.to_string(), verb, resource));
+    }
     let req = Request {
         info,
         target,
