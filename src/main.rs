@@ -31,10 +31,10 @@ enum Command {
     /// The whole story with no cluster and no tenant: stand-in API, simulators, operator, examples.
     Demo {
         /// Stay up afterwards and print a kubeconfig path for kubectl.
-        #[arg(long)]
+        #[arg(long, env = "CERTROTOR_DEMO_KEEP")]
         keep: bool,
         /// Give up (exit non-zero) after this long.
-        #[arg(long, default_value = "120s", value_parser = duration)]
+        #[arg(long, env = "CERTROTOR_DEMO_TIMEOUT", default_value = "120s", value_parser = duration)]
         timeout: Duration,
     },
     /// Run a tenant simulator on its own.
@@ -91,10 +91,10 @@ enum SimCommand {
         #[arg(long, env = "CERTROTOR_SIM_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Time from `active` flipping to `live` following it.
-        #[arg(long, default_value = "60s", value_parser = duration)]
+        #[arg(long, env = "CERTROTOR_SIM_LIVE_DELAY", default_value = "60s", value_parser = duration)]
         live_delay: Duration,
         /// Write a ready-to-apply credentials Secret manifest here (else print it).
-        #[arg(long)]
+        #[arg(long, env = "CERTROTOR_SIM_CREDENTIALS_OUT")]
         credentials_out: Option<std::path::PathBuf>,
     },
     /// Prisma Access CIE Third-Party Device-ID simulator (HTTPS, client certificates required).
@@ -102,7 +102,7 @@ enum SimCommand {
         #[arg(long, env = "CERTROTOR_SIM_LISTEN", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         /// Write the onboarding bundle (tls.crt, tls.key, apiKey, ca.crt, a Secret manifest) here.
-        #[arg(long)]
+        #[arg(long, env = "CERTROTOR_SIM_ONBOARDING_OUT")]
         onboarding_out: Option<std::path::PathBuf>,
     },
 }
