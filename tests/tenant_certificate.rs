@@ -66,15 +66,8 @@ async fn local_certificate_becomes_ready() {
             .count(),
         1
     );
-    let events = env.events("login").await;
-    assert!(
-        events.contains(&("Normal".into(), "Uploaded".into())),
-        "{events:?}"
-    );
-    assert!(
-        events.contains(&("Normal".into(), "Ready".into())),
-        "{events:?}"
-    );
+    env.wait_event("login", "Normal", "Uploaded").await;
+    env.wait_event("login", "Normal", "Ready").await;
     env.shutdown().await;
 }
 
@@ -208,15 +201,8 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
         0,
         "the domain was without a live certificate of ours"
     );
-    let events = env.events("login").await;
-    assert!(
-        events.contains(&("Normal".into(), "Deactivated".into())),
-        "{events:?}"
-    );
-    assert!(
-        events.contains(&("Normal".into(), "Deleted".into())),
-        "{events:?}"
-    );
+    env.wait_event("login", "Normal", "Deactivated").await;
+    env.wait_event("login", "Normal", "Deleted").await;
     env.shutdown().await;
 }
 
@@ -303,11 +289,7 @@ async fn crash_after_upload_adopts_instead_of_duplicating() {
         .filter(|c| !c.created_by_support && !c.deleted)
         .count();
     assert_eq!(ours, 1, "no duplicate upload");
-    assert!(
-        env.events("login")
-            .await
-            .contains(&("Normal".into(), "Adopted".into()))
-    );
+    env.wait_event("login", "Normal", "Adopted").await;
     env.shutdown().await;
 }
 
@@ -433,11 +415,7 @@ async fn assert_stalls_without_tenant_calls(env: &Env, name: &str, reason: &str)
         .await;
     assert_eq!(stalled_reason(&t).as_deref(), Some(reason));
     assert_eq!(condition(&t, "Ready").unwrap().0, "False");
-    let events = env.events(name).await;
-    assert!(
-        events.contains(&("Warning".into(), reason.into())),
-        "{events:?}"
-    );
+    env.wait_event(name, "Warning", reason).await;
     assert!(
         env.tenant_calls().is_empty(),
         "tenant calls made: {:?}",

@@ -39,6 +39,17 @@ impl Verdict {
             message: message.into(),
         }
     }
+    /// `certrotor.io/paused`: Ready stays as it was; nothing is in progress.
+    pub fn paused(ready: bool, what: &str) -> Self {
+        let message = format!("{} is \"true\": no {what} calls", super::PAUSED_ANNOTATION);
+        Self {
+            ready,
+            reconciling: false,
+            stalled: false,
+            reason: "Paused".into(),
+            message,
+        }
+    }
     pub fn stalled(ready: bool, reason: &str, message: impl Into<String>) -> Self {
         Self {
             ready,

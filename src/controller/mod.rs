@@ -270,16 +270,7 @@ pub async fn run_with(
     let store = reader.clone();
     let tenant_certificates = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
-        .watches_stream(secrets, move |secret| {
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|t| t.namespace() == ns && tenant::references_secret(t, &name))
-                .map(|t| ObjectRef::from_obj(&*t))
-                .collect::<Vec<_>>()
-        })
+        .watches_stream(secrets, referencing(store, tenant::references_secret))
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| measured(metrics::TENANT_CERTIFICATE, tenant::reconcile, obj, ctx),
@@ -356,16 +347,7 @@ async fn run_deviceid(
     let store = reader.clone();
     Controller::for_stream(stream, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
-        .watches_stream(secrets, move |secret| {
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|d| d.namespace() == ns && deviceid::references_secret(d, &name))
-                .map(|d| ObjectRef::from_obj(&*d))
-                .collect::<Vec<_>>()
-        })
+        .watches_stream(secrets, referencing(store, deviceid::references_secret))
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| measured(metrics::DEVICE_ID_CREDENTIAL, deviceid::reconcile, obj, ctx),
@@ -385,6 +367,26 @@ async fn run_deviceid(
             }
         })
         .await;
+}
+
+/// Maps a Secret event to the resources (from the controller's cache) that reference it.
+fn referencing<K>(
+    store: kube::runtime::reflector::Store<K>,
+    references: fn(&K, &str) -> bool,
+) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    move |secret| {
+        let ns = secret.namespace();
+        let name = secret.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|obj| obj.namespace() == ns && references(obj, &name))
+            .map(|obj| ObjectRef::from_obj(&*obj))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -236,6 +236,23 @@ impl Env {
         out
     }
 
+    /// Events are published right after the status write: wait for them rather than race.
+    pub async fn wait_event(&self, name: &str, type_: &str, reason: &str) -> Vec<(String, String)> {
+        let wanted = (type_.to_string(), reason.to_string());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(name).await;
+            if events.contains(&wanted) {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {type_} {reason} event for {name}: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -130,13 +130,7 @@ impl Run<'_> {
         let spec = &self.obj.spec;
         if api::is_paused(self.obj.meta()) {
             let ready = api::is_true(&self.status.conditions, api::READY);
-            self.conclude(Verdict {
-                ready,
-                reconciling: false,
-                stalled: false,
-                reason: "Paused".into(),
-                message: format!("{} is \"true\": no vendor calls", api::PAUSED_ANNOTATION),
-            });
+            self.conclude(Verdict::paused(ready, "vendor"));
             return Ok(Action::await_change());
         }
         if let Err(invalid) = plan::validate_spec(spec) {

@@ -95,13 +95,7 @@ impl Run<'_> {
         let spec = &self.obj.spec;
         if api::is_paused(self.obj.meta()) {
             let ready = api::is_true(&self.status.conditions, api::READY);
-            self.conclude(Verdict {
-                ready,
-                reconciling: false,
-                stalled: false,
-                reason: "Paused".into(),
-                message: format!("{} is \"true\": no tenant calls", api::PAUSED_ANNOTATION),
-            });
+            self.conclude(Verdict::paused(ready, "tenant"));
             return Ok(Action::await_change());
         }
         if let Err(invalid) = source::validate_spec(spec) {
