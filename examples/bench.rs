@@ -1262,9 +1262,13 @@ impl Report {
                     s.window.as_secs()
                 ),
                 format!(
-                    "{:.3} AIC calls per cert per resync; {} CIE calls; {} Kubernetes writes",
+                    "{:.3} AIC calls per cert per resync; CIE calls (cert:refresh, token:refresh, other) {:?}; {} Kubernetes writes",
                     per_cycle,
-                    s.window_calls.total() - s.window_calls.local_total(),
+                    s.window_calls.cie.iter().fold((0, 0, 0), |a, c| (
+                        a.0 + c.0,
+                        a.1 + c.1,
+                        a.2 + c.2
+                    )),
                     s.window_writes
                 ),
             );
