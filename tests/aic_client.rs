@@ -343,3 +343,78 @@ async fn ca_bundle_must_be_pem_and_https_is_required() {
         Err(AicError::Config(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_began_together_share_one_list() {
+    let sim = sim().await;
+    let (client, _) = client_for(&sim);
+    let client = Arc::new(client);
+    client.list_certificates().await.unwrap(); // token
+    sim.knobs().set_latency(Duration::from_millis(200));
+    let began = Instant::now();
+    let lists: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.list_certificates_since(began).await.unwrap().len() })
+        })
+        .collect();
+    for l in lists {
+        assert_eq!(l.await.unwrap(), 1);
+    }
+    let count = || {
+        sim.calls()
+            .iter()
+            .filter(|c| c.route == "GET /environment/certificates")
+            .count()
+    };
+    assert_eq!(count(), 2, "the token warm-up plus one shared list");
+    // A caller that began after that list started must not get it: it may miss its own writes.
+    let later = Instant::now();
+    client.list_certificates_since(later).await.unwrap();
+    assert_eq!(count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_one_tenant_are_limited_in_flight() {
+    let sim = sim().await;
+    let data = sim
+        .credentials_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    let options = ClientOptions {
+        max_in_flight: 2,
+        ..Default::default()
+    };
+    let client = Arc::new(
+        AicClient::new(
+            &sim.url(),
+            Credentials::from_secret_data(&data).unwrap(),
+            None,
+            options,
+        )
+        .unwrap(),
+    );
+    client.list_certificates().await.unwrap();
+    sim.knobs().set_latency(Duration::from_millis(300));
+    let started = Instant::now();
+    let gets: Vec<_> = (0..6)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                c.get_certificate(&format!("ccrt-missing-{i}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for g in gets {
+        assert!(g.await.unwrap().is_none());
+    }
+    // Six requests, two at a time, 300 ms each: at least three rounds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(880),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -28,6 +28,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn certrotor run");
         Operator { child }
@@ -51,6 +52,16 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("certrotor run did not stop on SIGTERM within 5 s");
+    }
+}
+
+/// A failing test must not leave an operator running.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -156,4 +167,168 @@ async fn real_binary_reconciles_survives_kill_9_and_cleans_up() {
             .any(|c| c.created_by_support && !c.deleted)
     );
     operator.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binary_applies_each_deletion_policy() {
+    let env = Env::new(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    env.standin.write_kubeconfig(&kubeconfig).unwrap();
+    let operator = Operator::spawn(&kubeconfig);
+    let mut ids = std::collections::BTreeMap::new();
+    for policy in ["Retain", "Deactivate", "Delete"] {
+        let name = policy.to_lowercase();
+        let (chain, key) = env.issue(&[&format!("{name}.example.com")], 90);
+        env.put_tls(&format!("{name}-tls"), &chain, &key).await;
+        env.apply(&with_url(
+            &local_yaml(
+                &name,
+                &format!("{name}-tls"),
+                &format!("  deletionPolicy: {policy}\n"),
+            ),
+            &env,
+        ))
+        .await;
+    }
+    for policy in ["Retain", "Deactivate", "Delete"] {
+        let name = policy.to_lowercase();
+        ids.insert(
+            policy,
+            env.wait_ready(&name)
+                .await
+                .status
+                .unwrap()
+                .certificate_id
+                .unwrap(),
+        );
+        env.delete(&name).await;
+    }
+    for policy in ["Retain", "Deactivate", "Delete"] {
+        env.wait_gone(&policy.to_lowercase(), 30).await;
+    }
+    let find = |id: &str| {
+        env.aic
+            .certificates()
+            .into_iter()
+            .find(|c| c.id == id)
+            .unwrap()
+    };
+    let retained = find(&ids["Retain"]);
+    assert!(
+        retained.active && !retained.deleted,
+        "Retain keeps it active"
+    );
+    let deactivated = find(&ids["Deactivate"]);
+    assert!(
+        !deactivated.active && !deactivated.deleted,
+        "Deactivate keeps it, inactive"
+    );
+    assert!(find(&ids["Delete"]).deleted, "Delete removes it");
+    operator.stop();
+}
+
+/// Device-ID: `kill -9` while a refresh may be in flight, restart: no 429, calls never more than
+/// the attempts recorded, and the output Secret still holds a certificate the service accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binary_kill_9_mid_refresh_overspends_nothing() {
+    use certrotor::sim::cie::{CieSim, CieSimConfig, Operation};
+    use k8s_openapi::api::core::v1::Secret;
+
+    let env = Env::new(sim_config()).await;
+    let cie = CieSim::start("127.0.0.1:0".parse().unwrap(), CieSimConfig::default())
+        .await
+        .unwrap();
+    let onboarding = cie.onboarding();
+    env.put_secret(
+        "onboarding",
+        [
+            ("tls.crt".to_string(), onboarding.cert_pem),
+            ("tls.key".to_string(), onboarding.key_pem),
+            ("apiKey".to_string(), onboarding.api_key),
+        ]
+        .into(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    env.standin.write_kubeconfig(&kubeconfig).unwrap();
+    let mut operator = Operator::spawn(&kubeconfig);
+
+    let mut device: certrotor::api::DeviceIdCredential = serde_saphyr::from_str(
+        "apiVersion: certrotor.io/v1alpha1
+kind: DeviceIdCredential
+metadata: {name: iot, namespace: default}
+spec:
+  endpoint: https://placeholder
+  onboardingSecretRef: {name: onboarding}
+  certName: iot
+  secretName: iot-client
+",
+    )
+    .unwrap();
+    device.spec.endpoint = cie.url();
+    device.spec.ca_bundle = Some(cie.ca_pem());
+    let didcs: kube::Api<certrotor::api::DeviceIdCredential> =
+        kube::Api::namespaced(env.client.clone(), NS);
+    didcs.create(&Default::default(), &device).await.unwrap();
+    let ready = |d: &certrotor::api::DeviceIdCredential| {
+        d.status.as_ref().is_some_and(|s| {
+            certrotor::api::is_true(&s.conditions, certrotor::api::READY)
+                && s.serial_number.is_some()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready(&didcs.get("iot").await.unwrap()) {
+        assert!(std::time::Instant::now() < deadline, "never Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Renew with a slow vendor, and kill the operator in the middle; then restart, several times.
+    cie.knobs().set_latency(Duration::from_millis(800));
+    let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "storm"}}});
+    didcs
+        .patch("iot", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..5 {
+        operator.kill9();
+        operator = Operator::spawn(&kubeconfig);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    cie.knobs().set_latency(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let status = didcs.get("iot").await.unwrap().status.unwrap();
+    let refreshes = cie
+        .calls()
+        .iter()
+        .filter(|c| c.operation == Operation::CertRefresh)
+        .count();
+    assert_eq!(cie.count_429(), 0, "no 429 in a restart storm");
+    assert!(
+        refreshes <= status.attempts.len(),
+        "{refreshes} calls but only {} attempts recorded",
+        status.attempts.len()
+    );
+    assert!(
+        status.attempts.len() <= 3,
+        "the burst of three is never exceeded within the hour: {:?}",
+        status.attempts
+    );
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), NS);
+    let out = secrets.get("iot-client").await.unwrap();
+    let crt = String::from_utf8(out.data.unwrap()["tls.crt"].0.clone()).unwrap();
+    assert!(
+        cie.is_valid(&crt),
+        "the published certificate is one the service still accepts"
+    );
+    println!(
+        "restart storm: {refreshes} cert:refresh calls, {} attempts recorded, {} 429s",
+        status.attempts.len(),
+        cie.count_429()
+    );
+    operator.stop();
+    cie.shutdown().await;
 }

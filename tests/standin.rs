@@ -268,12 +268,19 @@ async fn generation_and_status_subresource() {
         .replace("w1", &PostParams::default(), &replaced)
         .await
         .unwrap();
-    assert_eq!(r.status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(r.metadata.generation, Some(1));
     assert_eq!(
         r.metadata.resource_version, replaced.metadata.resource_version,
         "no-op write"
     );
+    // Custom resources need a resourceVersion on PUT.
+    let mut unconditional = r.clone();
+    unconditional.metadata.resource_version = None;
+    let refused = widgets
+        .replace("w1", &PostParams::default(), &unconditional)
+        .await;
+    assert_eq!(api_err(refused.unwrap_err()).0, 422);
 
     // Metadata changes do not bump the generation; spec changes do.
     let labels = json!({"metadata": {"labels": {"a": "b"}}});
@@ -631,7 +638,13 @@ async fn watch_bookmarks_timeout_and_selector_transitions() {
             other => break other,
         }
     };
-    assert!(matches!(deleted, WatchEvent::Deleted(c) if c.name_any() == "sel"));
+    match deleted {
+        WatchEvent::Deleted(c) => {
+            assert_eq!(c.name_any(), "sel");
+            assert_eq!(c.labels()["app"], "web", "the last content that matched");
+        }
+        other => panic!("expected DELETED, got {other:?}"),
+    }
     // And matching again is an ADDED.
     cms.patch(
         "sel",
@@ -1336,4 +1349,39 @@ async fn thousands_of_objects_list_and_watch_promptly() {
         "2000 creates, lists and a filtered reflector in {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn metadata_watcher_sees_only_selected_secrets() {
+    let s = standin().await;
+    let secrets: Api<Secret> = Api::default_namespaced(s.client());
+    let metadata: Api<kube::core::PartialObjectMeta<Secret>> = Api::default_namespaced(s.client());
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().labels("certrotor.io/watched=true");
+    let running = tokio::spawn(reflector(writer, watcher(metadata, config)).for_each(|_| async {}));
+    reader.wait_until_ready().await.unwrap();
+    for (name, watched) in [("mine", "true"), ("theirs", "false")] {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.labels = Some(BTreeMap::from([(
+            "certrotor.io/watched".into(),
+            watched.into(),
+        )]));
+        secret.string_data = Some(BTreeMap::from([(
+            "tls.key".into(),
+            "not for watchers".into(),
+        )]));
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    wait_for(|| reader.state().len() == 1).await;
+    let seen = reader.state();
+    assert_eq!(seen[0].metadata.name.as_deref(), Some("mine"));
+    assert_eq!(
+        seen[0].types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    running.abort();
 }

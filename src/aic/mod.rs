@@ -41,6 +41,9 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// JWT assertion lifetime (≤ 15 min).
     pub assertion_lifetime: Duration,
+    /// Requests in flight to this tenant at most, so one slow tenant ties up only its own share
+    /// of the reconcilers' time and a burst of resources does not hammer one tenant.
+    pub max_in_flight: usize,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +53,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             assertion_lifetime: Duration::from_secs(180),
+            max_in_flight: 4,
         }
     }
 }
@@ -61,6 +65,18 @@ pub struct AicClient {
     options: ClientOptions,
     token: Mutex<Option<CachedToken>>,
     observer: Option<Arc<dyn CallObserver>>,
+    in_flight: tokio::sync::Semaphore,
+    /// The newest certificate list request, shared by every caller that began after it started.
+    latest_list: std::sync::Mutex<Option<SharedList>>,
+}
+
+type ListFuture = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<Arc<Vec<Certificate>>, AicError>>,
+>;
+
+struct SharedList {
+    started: Instant,
+    result: ListFuture,
 }
 
 impl std::fmt::Debug for AicClient {
@@ -104,6 +120,7 @@ impl AicClient {
         let http = builder
             .build()
             .map_err(|e| AicError::Config(format!("HTTP client: {e}")))?;
+        let in_flight = tokio::sync::Semaphore::new(options.max_in_flight.max(1));
         Ok(Self {
             base,
             http,
@@ -111,6 +128,8 @@ impl AicClient {
             options,
             token: Mutex::new(None),
             observer: None,
+            in_flight,
+            latest_list: std::sync::Mutex::new(None),
         })
     }
 
@@ -134,6 +153,35 @@ impl AicClient {
             None,
         )
         .await
+    }
+
+    /// The tenant's certificates as seen by a list request that started no earlier than `since`.
+    /// Callers that began at about the same time share one request: polling `live` for all of a
+    /// tenant's certificates costs one call, not one per certificate. Passing the time the caller
+    /// began keeps it exact: the list reflects everything that caller did before.
+    pub async fn list_certificates_since(
+        self: &Arc<Self>,
+        since: Instant,
+    ) -> Result<Arc<Vec<Certificate>>, AicError> {
+        use futures::FutureExt;
+        let result = {
+            let mut latest = self.latest_list.lock().unwrap_or_else(|e| e.into_inner());
+            match latest.as_ref().filter(|l| l.started >= since) {
+                Some(list) => list.result.clone(),
+                None => {
+                    let client = self.clone();
+                    let result = async move { client.list_certificates().await.map(Arc::new) }
+                        .boxed()
+                        .shared();
+                    *latest = Some(SharedList {
+                        started: Instant::now(),
+                        result: result.clone(),
+                    });
+                    result
+                }
+            }
+        };
+        result.await
     }
 
     /// `None` when the tenant does not know the id.
@@ -321,11 +369,17 @@ impl AicClient {
             if let Some(body) = &body {
                 request = request.json(body);
             }
+            let permit = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| AicError::Transport("client closed".into()))?;
             let started = Instant::now();
             let result = match request.send().await {
                 Ok(response) => read_response(response).await,
                 Err(e) => Err(AicError::Transport(describe_transport(&e))),
             };
+            drop(permit);
             self.observe(op.name, &result, started.elapsed());
             let err = match result {
                 Ok(bytes) => return Ok(bytes),

@@ -194,7 +194,7 @@ impl Env {
     }
 
     pub async fn wait_ready(&self, name: &str) -> TenantCertificate {
-        self.wait_for(name, 30, "Ready=True", is_ready).await
+        self.wait_for(name, 60, "Ready=True", is_ready).await
     }
 
     pub async fn wait_gone(&self, name: &str, secs: u64) {

@@ -97,6 +97,7 @@ pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Resul
         events: vec![],
         now: Timestamp::now(),
         refreshed: false,
+        output_valid: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -120,6 +121,8 @@ struct Run<'a> {
     now: Timestamp,
     /// A certificate was received in this reconcile.
     refreshed: bool,
+    /// The output Secret holds a valid certificate (read at the start).
+    output_valid: bool,
 }
 
 impl Run<'_> {
@@ -140,6 +143,10 @@ impl Run<'_> {
             return Ok(self.stall(invalid));
         }
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+        self.output_valid = output
+            .as_ref()
+            .is_some_and(|o| inputs::is_valid(&o.info, self.now));
         let onboarding_name = &spec.onboarding_secret_ref.name;
         let onboarding_secret = secrets.get_opt(onboarding_name).await?;
         let onboarding = match inputs::read_onboarding(onboarding_name, onboarding_secret.as_ref())
@@ -159,7 +166,6 @@ impl Run<'_> {
                 format!("{older} already uses the same endpoint and onboarding certificate; two resources refreshing with one credential would evict each other's certificates. Onboard a separate credential for this one"),
             )));
         }
-        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
         for step in 0..MAX_STEPS {
             if step > 0 {
                 self.now = Timestamp::now();
@@ -183,7 +189,9 @@ impl Run<'_> {
                 now: self.now,
             };
             let planned = plan::plan(&obs);
-            self.status.next_attempt_time = Some(planned.next_attempt_time.to_string());
+            // Unset while a call is allowed: "now" would change status on every reconcile.
+            self.status.next_attempt_time = (planned.next_attempt_time > self.now)
+                .then(|| planned.next_attempt_time.to_string());
             match planned.step {
                 Step::Wait {
                     ready,
@@ -206,7 +214,11 @@ impl Run<'_> {
                         message,
                     });
                     let after = recheck
-                        .map(|t| t.duration_since(Timestamp::now()).unsigned_abs())
+                        // A recheck time already past becomes the shortest requeue.
+                        .map(|t| {
+                            Duration::try_from(t.duration_since(Timestamp::now()))
+                                .unwrap_or_default()
+                        })
                         .unwrap_or(plan::RESYNC)
                         .clamp(Duration::from_millis(200), plan::RESYNC);
                     return Ok(Action::requeue(after));
@@ -296,9 +308,16 @@ impl Run<'_> {
             published.map(|p| &p.info),
         ) {
             Some(k) => k,
-            None => match pki::generate_key(alg) {
-                Ok(k) => k,
-                Err(e) => return Ok(Err(Invalid::new(e.reason(), e.to_string()))),
+            // RSA key generation takes long enough to stall other reconciles on this thread.
+            None => match tokio::task::spawn_blocking(move || pki::generate_key(alg)).await {
+                Ok(Ok(k)) => k,
+                Ok(Err(e)) => return Ok(Err(Invalid::new(e.reason(), e.to_string()))),
+                Err(e) => {
+                    return Ok(Err(Invalid::new(
+                        "Unsupported",
+                        format!("key generation failed: {e}"),
+                    )));
+                }
             },
         };
         let csr = match pki::generate_csr(&key_pem, &csr_subject(spec)) {
@@ -335,6 +354,7 @@ impl Run<'_> {
                         Err(kube::Error::Api(status)) if status.code == 404 => {}
                         Err(e) => return Err(e.into()),
                     }
+                    plan::describe_published(&mut self.status, spec, Some(issued));
                     let deleted = refresh.deleted_cert_name.clone();
                     self.status.deleted_cert_name = Some(deleted.clone());
                     self.status.cert_name = Some(spec.cert_name.clone());
@@ -380,7 +400,7 @@ impl Run<'_> {
                 }
                 self.events.push((
                     EventType::Warning,
-                    static_error_reason(&e),
+                    e.reason(),
                     format!("cert:refresh ({reason}) failed: {e}"),
                 ));
                 outcome
@@ -460,7 +480,7 @@ impl Run<'_> {
             Err(e) => {
                 self.events.push((
                     EventType::Warning,
-                    static_error_reason(&e),
+                    e.reason(),
                     format!("token:refresh failed: {e}"),
                 ));
                 match e {
@@ -558,9 +578,12 @@ impl Run<'_> {
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
-        let ready = api::is_true(&self.status.conditions, api::READY)
-            && invalid.reason == "SharedOnboardingCredentials";
-        self.conclude(Verdict::stalled(ready, invalid.reason, invalid.message));
+        // Ready says whether a valid certificate is in the output Secret, stalled or not.
+        self.conclude(Verdict::stalled(
+            self.output_valid,
+            invalid.reason,
+            invalid.message,
+        ));
         // Fixing the input changes the resource or a watched Secret, which reconciles at once.
         Action::requeue(Duration::from_secs(600))
     }
@@ -634,10 +657,6 @@ fn csr_subject(spec: &api::DeviceIdCredentialSpec) -> CsrSubject {
         country: s.country.clone(),
         ..Default::default()
     }
-}
-
-fn static_error_reason(e: &CieError) -> &'static str {
-    e.reason()
 }
 
 /// Event reasons for stalls come from this fixed set.

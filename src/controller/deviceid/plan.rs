@@ -29,6 +29,10 @@ pub const UNCONFIRMED_MIN_LEAD: Duration = Duration::from_secs(3 * 3600);
 /// The deferred refresh goes ahead in the last tenth of the published certificate's lifetime
 /// (or [`UNCONFIRMED_MIN_LEAD`], if longer).
 pub const UNCONFIRMED_LEAD_DIVISOR: u32 = 10;
+/// The pause after a call that failed without a verdict from the vendor (no connection, a 5xx,
+/// a lost response) before the next one, even where the budget would allow it at once: the
+/// next call is a new decision, made after the vendor had time to finish whatever it was doing.
+pub const FAILURE_PAUSE: Duration = Duration::from_secs(30);
 /// How often a settled resource is looked at again even when nothing is due.
 pub const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -193,7 +197,15 @@ pub fn cert_next_allowed(status: &DeviceIdCredentialStatus, now: Timestamp) -> T
             at = at.max(t);
         }
     }
+    if let Some(t) = failure_pause_end(status) {
+        at = at.max(t);
+    }
     at
+}
+
+fn failure_pause_end(status: &DeviceIdCredentialStatus) -> Option<Timestamp> {
+    parse_time(status.last_failure_time.as_deref())
+        .map(|t| t.checked_add(FAILURE_PAUSE).unwrap_or(Timestamp::MAX))
 }
 
 /// The same for `token:refresh`.
@@ -354,7 +366,11 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             ),
             _ if status.unconfirmed_refresh.is_some() && !ready => (
                 "RefreshOutcomeUnknown",
-                "the last cert:refresh got no answer; it is not retried before the budget allows",
+                "the last cert:refresh got no answer; nothing is published yet, so the next call is made once the budget and the pause after a failure allow",
+            ),
+            _ if failure_pause_end(status).is_some_and(|t| t >= next_allowed) => (
+                "RefreshFailed",
+                "the last call failed; pausing before the next",
             ),
             _ => ("RateLimited", "the refresh budget is spent for now"),
         };

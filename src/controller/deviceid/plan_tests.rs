@@ -218,11 +218,22 @@ fn unconfirmed_refresh_defers_while_a_certificate_is_published() {
     assert_eq!(reason(&c.plan().step), "RenewRequested");
     c.status.last_renew_request = Some("now".into());
     assert_eq!(reason(&c.plan().step), "RefreshOutcomeUnknown");
-    // Nothing published yet: nothing to protect, so the budget alone decides.
+    // Nothing published yet: nothing to protect, so the budget (and the pause after a
+    // failure) alone decide.
     let mut c = Case::new(0);
     c.status.unconfirmed_refresh = Some(at(-10).to_string());
     c.status.attempts = vec![at(-10).to_string()];
     assert!(matches!(c.plan().step, Step::RefreshCert { .. }));
+    c.status.last_failure_time = Some(at(-9).to_string());
+    let p = c.plan();
+    assert_eq!(reason(&p.step), "RefreshOutcomeUnknown");
+    assert_eq!(p.next_attempt_time, at(21));
+    c.now = 21;
+    assert!(matches!(c.plan().step, Step::RefreshCert { .. }));
+    // A connection failure pauses too.
+    let mut c = Case::new(0);
+    c.status.last_failure_time = Some(at(-1).to_string());
+    assert_eq!(reason(&c.plan().step), "RefreshFailed");
 }
 
 #[test]
@@ -303,6 +314,30 @@ fn token_refresh_when_enabled_and_due() {
     // Budget: five, then spaced.
     c.status.token_attempts = (0..5).map(|i| at(DAY + 2 * H - i).to_string()).collect();
     assert_eq!(reason(&c.plan().step), "TokenRateLimited");
+}
+
+#[test]
+fn token_refresh_with_an_unknown_outcome_waits_for_the_last_tenth() {
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec.refresh_token = true;
+    c.status.token_obtained_time = Some(at(0).to_string());
+    c.status.token_expiry = Some(at(10 * H).to_string());
+    c.now = 7 * H;
+    assert_eq!(c.plan().step, Step::RefreshToken, "due at two thirds");
+    let mut s = c.status.clone();
+    let prev = record_token_attempt(&mut s, at(7 * H));
+    after_token_call(&mut s, &Outcome::Unknown, prev, at(7 * H));
+    assert_eq!(s.unconfirmed_token_refresh, Some(at(7 * H).to_string()));
+    c.status = s;
+    assert_eq!(reason(&c.plan().step), "Valid", "deferred");
+    c.now = 9 * H;
+    assert_eq!(c.plan().step, Step::RefreshToken, "last tenth of its life");
+    // A received token settles it and restarts the schedule.
+    let mut s = c.status.clone();
+    let prev = record_token_attempt(&mut s, at(9 * H));
+    after_token_call(&mut s, &Outcome::Received, prev, at(9 * H));
+    assert_eq!(s.unconfirmed_token_refresh, None);
+    assert_eq!(s.token_obtained_time, Some(at(9 * H).to_string()));
 }
 
 #[test]
@@ -453,6 +488,7 @@ mod model {
         output: Option<(String, i64, i64)>,
         vendor: Vendor,
         calls: Vec<i64>,
+        /// 401s with the published certificate.
         unauthorized: usize,
         /// The published certificate may be gone because a deliberate refresh (deferred until
         /// near its expiry) was itself lost: the documented risk, allowed until the next success.
@@ -572,7 +608,12 @@ mod model {
             Credential::Published => w.output.as_ref().map(|o| o.0.clone()).unwrap_or_default(),
         };
         if !w.vendor.valid.contains(&presented) {
-            w.unauthorized += 1;
+            // Falling back to the onboarding certificate once the published one expired (the
+            // model lets time run past it) is expected to fail; presenting an evicted published
+            // certificate is the lock-out this controller must avoid.
+            if credential == Credential::Published {
+                w.unauthorized += 1;
+            }
             let r = Rejection {
                 reason: "Unauthorized".into(),
                 credential: format!("sha256:{presented}"),

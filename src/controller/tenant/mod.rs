@@ -70,6 +70,8 @@ struct Run<'a> {
     status: TenantCertificateStatus,
     events: Vec<(EventType, &'static str, String)>,
     now: Timestamp,
+    /// When this reconcile began: tenant lists started after it are fresh enough to share.
+    started: std::time::Instant,
 }
 
 async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
@@ -81,6 +83,7 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         status: obj.status.clone().unwrap_or_default(),
         events: vec![],
         now,
+        started: std::time::Instant::now(),
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -123,13 +126,17 @@ impl Run<'_> {
     }
 
     /// Plan, perform, record; until the plan says wait.
-    async fn drive(&mut self, client: &AicClient, source: &Source) -> Result<Action, StepError> {
+    async fn drive(
+        &mut self,
+        client: &Arc<AicClient>,
+        source: &Source,
+    ) -> Result<Action, StepError> {
         let spec = &self.obj.spec;
         let mut tenant: BTreeMap<String, Certificate> = client
-            .list_certificates()
+            .list_certificates_since(self.started)
             .await?
-            .into_iter()
-            .map(|c| (c.id.clone(), c))
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
             .collect();
         // The tenant answers again: the failure streak is over.
         self.status.failures = None;
@@ -673,6 +680,7 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         status: obj.status.clone().unwrap_or_default(),
         events: vec![],
         now,
+        started: std::time::Instant::now(),
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(

@@ -29,14 +29,25 @@
 //!   (`PartialObjectMetadata`) responses, and validation/pruning against CRD schemas (see
 //!   [`schema`] for what is and is not checked).
 //!
-//! Not served: authentication and authorization (every request is allowed), protobuf,
+//! kubectl (checked with 1.32 in `tests/standin_kubectl.rs`): aggregated discovery, Tables for
+//! `get` (CRD printer columns, `-A`, `-l`, `-w`), `describe` with Events, client-side and
+//! server-side `apply`, `create secret|configmap|namespace` (protobuf bodies), `label`,
+//! `annotate`, `patch`, `wait --for=condition`, `delete` (which waits via a watch), and
+//! `explain` for CRD kinds via a minimal `/openapi/v3` that also tells kubectl the server
+//! validates fields itself (unknown fields are pruned, not rejected, whatever
+//! `fieldValidation` says).
+//!
+//! Not served: authentication and authorization (every request is allowed), protobuf (except
+//! the Secret, ConfigMap and Namespace bodies `kubectl create` sends; answers are JSON),
 //! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
-//! validation rules, `managedFields`, pagination tokens, and every kind not listed above.
+//! validation rules, `managedFields`, pagination tokens, `resourceVersion` semantics on list and
+//! get (always the latest state), and every kind not listed above.
 
 mod convert;
 mod discovery;
 mod error;
 pub mod patch;
+mod protobuf;
 mod resources;
 pub mod schema;
 mod selector;
@@ -206,6 +217,9 @@ impl StandIn {
         });
         let router = axum::Router::new()
             .fallback(server::handle)
+            // The real server's request limit (3 MiB), not axum's 2 MB default: a Secret may
+            // hold up to 1 MiB of base64 data.
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
             .with_state(app.clone());
         let mut stopped_signal = stopped;
         let task = tokio::spawn(async move {

@@ -16,6 +16,7 @@ use tokio::sync::{RwLock, broadcast, mpsc};
 use super::convert;
 use super::discovery;
 use super::error::ApiError;
+use super::protobuf;
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Change, ChangeKind, Deleted, PatchKind, State};
@@ -243,8 +244,8 @@ impl Request {
             FieldSelector::parse(q("fieldSelector")).map_err(ApiError::bad_request)?,
         ))
     }
-    /// JSON bodies; `application/apply-patch+yaml` may also be YAML. Protobuf and CBOR get
-    /// 415, which tells client-go to fall back to JSON.
+    /// JSON bodies; `application/apply-patch+yaml` may also be YAML; protobuf for the few
+    /// built-ins kubectl creates that way. CBOR gets 415, which tells client-go to use JSON.
     fn body_value(&self) -> Result<Value, ApiError> {
         if self.body.is_empty() {
             return Ok(Value::Null);
@@ -252,8 +253,14 @@ impl Request {
         if self
             .content_type
             .starts_with("application/vnd.kubernetes.protobuf")
-            || self.content_type.starts_with("application/cbor")
         {
+            return protobuf::decode(&self.body).map_err(|why| {
+                let mut e = ApiError::unsupported_media_type(&self.content_type);
+                e.message = format!("{} ({why})", e.message);
+                e
+            });
+        }
+        if self.content_type.starts_with("application/cbor") {
             return Err(ApiError::unsupported_media_type(&self.content_type));
         }
         serde_json::from_slice(&self.body).or_else(|json_err| {
@@ -529,6 +536,20 @@ impl WatchFilter {
         }
     }
 
+    /// The line this watcher gets for a change, if any. An object that stops matching is sent
+    /// as the real server does: its last matching content, at the change's resourceVersion.
+    fn change_line(&self, change: &Change) -> Option<Bytes> {
+        let type_ = self.event_type(change)?;
+        if let (ChangeKind::Modified, "DELETED", Some(prev)) =
+            (change.kind, type_, change.previous.as_deref())
+        {
+            let mut last = prev.clone();
+            last["metadata"]["resourceVersion"] = Value::String(change.rv.to_string());
+            return Some(self.line(type_, &last));
+        }
+        Some(self.line(type_, &change.object))
+    }
+
     fn line(&self, type_: &str, obj: &Value) -> Bytes {
         let served = convert::serve(&self.info, &self.version, obj);
         let object = match self.repr {
@@ -616,11 +637,7 @@ async fn watch(app: Arc<App>, req: Request) -> Response {
                 }
                 Ok(rv) => match state.changes_since(rv) {
                     Ok(changes) => {
-                        for c in changes {
-                            if let Some(t) = filter.event_type(&c) {
-                                first.push(filter.line(t, &c.object));
-                            }
-                        }
+                        first.extend(changes.iter().filter_map(|c| filter.change_line(c)));
                     }
                     // The real server answers 200 and then an ERROR event with the 410 Status.
                     Err(gone) => {
@@ -693,8 +710,8 @@ async fn stream_changes(
                         continue;
                     }
                     last_rv = change.rv;
-                    match filter.event_type(&change) {
-                        Some(t) => filter.line(t, &change.object),
+                    match filter.change_line(&change) {
+                        Some(line) => line,
                         None => continue,
                     }
                 }
@@ -710,5 +727,170 @@ async fn stream_changes(
         if tx.send(line).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kube::resources::builtins;
+
+    /// (namespace, plural, name, subresource)
+    type Parts = (Option<String>, String, Option<String>, Option<String>);
+
+    fn target(path: &str) -> Option<Parts> {
+        parse_target(path).map(|t| (t.namespace, t.plural, t.name, t.subresource))
+    }
+
+    #[test]
+    fn paths_name_resources() {
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            target("/api/v1/secrets"),
+            Some((None, s("secrets").unwrap(), None, None))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/ns1/secrets/a"),
+            Some((s("ns1"), "secrets".into(), s("a"), None))
+        );
+        assert_eq!(
+            target("/apis/x.io/v1/namespaces/ns1/widgets/w/status"),
+            Some((s("ns1"), "widgets".into(), s("w"), s("status")))
+        );
+        // The Namespace's own status, not a resource called "status" in namespace "n".
+        assert_eq!(
+            target("/api/v1/namespaces/n/status"),
+            Some((None, "namespaces".into(), s("n"), s("status")))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/n"),
+            Some((None, "namespaces".into(), s("n"), None))
+        );
+        assert_eq!(target("/apis/x.io/v1/a/b/c/d"), None);
+        assert_eq!(target("/healthz"), None);
+        let t = parse_target("/apis/coordination.k8s.io/v1/leases").unwrap();
+        assert_eq!(
+            (t.group.as_str(), t.version.as_str()),
+            ("coordination.k8s.io", "v1")
+        );
+    }
+
+    #[test]
+    fn accept_header_picks_the_representation() {
+        let with = |accept: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, accept.parse().unwrap());
+            repr(&h)
+        };
+        assert_eq!(
+            with("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+            Repr::Table
+        );
+        assert_eq!(
+            with("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            Repr::Metadata
+        );
+        assert_eq!(
+            with("application/vnd.kubernetes.protobuf,application/json"),
+            Repr::Full
+        );
+        assert_eq!(repr(&HeaderMap::new()), Repr::Full);
+    }
+
+    #[test]
+    fn content_types_pick_the_patch() {
+        let q = HashMap::from([("fieldManager".to_string(), "m".to_string())]);
+        assert_eq!(
+            patch_kind("application/merge-patch+json", &q).unwrap(),
+            PatchKind::Merge
+        );
+        assert_eq!(
+            patch_kind("application/json-patch+json; charset=utf-8", &q).unwrap(),
+            PatchKind::Json
+        );
+        assert_eq!(
+            patch_kind("application/apply-patch+yaml", &q).unwrap(),
+            PatchKind::Apply { force: false }
+        );
+        assert_eq!(
+            patch_kind("application/apply-patch+yaml", &HashMap::new())
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(patch_kind("text/plain", &q).unwrap_err().code, 415);
+    }
+
+    fn change(kind: ChangeKind, prev: Option<Value>, now: Value) -> Change {
+        Change {
+            rv: 9,
+            storage: "/configmaps".into(),
+            kind,
+            object: Arc::new(now),
+            previous: prev.map(Arc::new),
+        }
+    }
+
+    #[test]
+    fn watchers_see_selector_transitions() {
+        let info = Arc::new(
+            builtins()
+                .into_iter()
+                .find(|r| r.plural == "configmaps")
+                .unwrap(),
+        );
+        let filter = WatchFilter {
+            info,
+            version: "v1".into(),
+            namespace: Some("a".into()),
+            labels: LabelSelector::parse("app=web").unwrap(),
+            fields: FieldSelector::default(),
+            repr: Repr::Full,
+        };
+        let obj = |ns: &str, app: &str| json!({"metadata": {"name": "x", "namespace": ns, "labels": {"app": app}}});
+        let web = obj("a", "web");
+        let db = obj("a", "db");
+        let t = |c: &Change| filter.event_type(c);
+        assert_eq!(
+            t(&change(ChangeKind::Added, None, web.clone())),
+            Some("ADDED")
+        );
+        assert_eq!(t(&change(ChangeKind::Added, None, db.clone())), None);
+        assert_eq!(t(&change(ChangeKind::Added, None, obj("b", "web"))), None);
+        assert_eq!(
+            t(&change(
+                ChangeKind::Modified,
+                Some(web.clone()),
+                web.clone()
+            )),
+            Some("MODIFIED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(db.clone()), web.clone())),
+            Some("ADDED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(web.clone()), db.clone())),
+            Some("DELETED")
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Modified, Some(db.clone()), db.clone())),
+            None
+        );
+        assert_eq!(
+            t(&change(ChangeKind::Deleted, Some(web.clone()), web.clone())),
+            Some("DELETED")
+        );
+        let mut other = change(ChangeKind::Added, None, web);
+        other.storage = "/secrets".into();
+        assert_eq!(t(&other), None);
+
+        let line = filter
+            .change_line(&change(ChangeKind::Modified, Some(obj("a", "web")), db))
+            .unwrap();
+        let ev: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(ev["type"], "DELETED");
+        assert_eq!(ev["object"]["metadata"]["labels"]["app"], "web");
+        assert_eq!(ev["object"]["metadata"]["resourceVersion"], "9");
     }
 }

@@ -305,7 +305,8 @@ impl State {
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});
         }
-        if let (Some(url_ns), Some(body_ns)) = (ns, meta_str(&obj, "namespace"))
+        let body_ns = meta_str(&obj, "namespace").filter(|n| !n.is_empty());
+        if let (Some(url_ns), Some(body_ns)) = (ns, body_ns)
             && info.namespaced
             && url_ns != body_ns
         {
@@ -436,94 +437,15 @@ impl State {
         let live = self.get(info, ns, name)?;
         // Writes happen in the served form; events are converted back below.
         let live_served = convert::serve(info, &info.versions[0], &live).into_owned();
-        if let Some(rv) = meta_str(&new, "resourceVersion")
-            && !rv.is_empty()
-            && meta_str(&live_served, "resourceVersion") != Some(rv)
-        {
-            return Err(ApiError::conflict(info, name));
-        }
-        if status {
-            let mut merged = live_served.clone();
-            match new.get("status") {
-                Some(s) => merged["status"] = s.clone(),
-                None => {
-                    if let Some(o) = merged.as_object_mut() {
-                        o.remove("status");
-                    }
-                }
-            }
-            new = merged;
-        } else if info.status_subresource {
-            match live_served.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    if let Some(o) = new.as_object_mut() {
-                        o.remove("status");
-                    }
-                }
-            }
-        }
-        if !new.get("metadata").is_some_and(Value::is_object) {
-            new["metadata"] = json!({});
-        }
-        let live_meta = &live_served["metadata"];
-        if status {
-            new["metadata"] = live_meta.clone();
-        }
-        for k in [
-            "name",
-            "namespace",
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "resourceVersion",
-        ] {
-            match live_meta.get(k) {
-                Some(v) => new["metadata"][k] = v.clone(),
-                None => {
-                    if let Some(m) = new["metadata"].as_object_mut() {
-                        m.remove(k);
-                    }
-                }
-            }
-        }
-        if let Some(m) = new["metadata"].as_object_mut() {
-            m.remove("managedFields");
-        }
-        new["apiVersion"] = live_served["apiVersion"].clone();
-        new["kind"] = Value::String(info.kind.clone());
-        if info.plural == "namespaces" && info.group.is_empty() && !status {
-            new["spec"] = live_served["spec"].clone();
-        }
+        check_preconditions(info, name, &new, &live_served)?;
+        keep_server_owned(info, &mut new, &live_served, status);
         self.admit(info, &mut new, name)?;
-
-        if meta_str(&live_served, "deletionTimestamp").is_some() {
-            let had = |o: &Value, f: &Value| {
-                o.pointer("/metadata/finalizers")
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| a.contains(f))
-            };
-            if let Some(added) = new
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .and_then(|fs| fs.iter().find(|f| !had(&live_served, f)))
-            {
-                return Err(ApiError::forbidden(
-                    info,
-                    name,
-                    &format!(
-                        "no new finalizers can be added if the object is being deleted, found new finalizers [{added}]"
-                    ),
-                ));
-            }
-        }
+        check_no_new_finalizers(info, name, &new, &live_served)?;
         if generation_relevant(&new, info.status_subresource)
             != generation_relevant(&live_served, info.status_subresource)
         {
-            let g = live_meta
-                .get("generation")
+            let g = live_served
+                .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
@@ -728,6 +650,106 @@ impl State {
     }
 }
 
+/// The `resourceVersion` a write carries must be the live one; custom resources also refuse
+/// writes that carry none (patches always carry the live one).
+fn check_preconditions(
+    info: &ResourceInfo,
+    name: &str,
+    new: &Value,
+    live: &Value,
+) -> Result<(), ApiError> {
+    match meta_str(new, "resourceVersion").filter(|rv| !rv.is_empty()) {
+        None if info.custom => Err(ApiError::invalid(
+            info,
+            name,
+            &[
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+                    .into(),
+            ],
+        )),
+        Some(rv) if meta_str(live, "resourceVersion") != Some(rv) => {
+            Err(ApiError::conflict(info, name))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a client cannot change with this write: with a status subresource, `.status` through
+/// the main endpoint and everything but `.status` through `/status`; always the server-owned
+/// metadata and the type; a Namespace's `spec`.
+fn keep_server_owned(info: &ResourceInfo, new: &mut Value, live: &Value, status: bool) {
+    let set_or_remove = |target: &mut Value, key: &str, value: Option<&Value>| match value {
+        Some(v) => target[key] = v.clone(),
+        None => {
+            if let Some(o) = target.as_object_mut() {
+                o.remove(key);
+            }
+        }
+    };
+    if status {
+        let mut merged = live.clone();
+        set_or_remove(&mut merged, "status", new.get("status"));
+        *new = merged;
+    } else if info.status_subresource {
+        set_or_remove(new, "status", live.get("status"));
+    }
+    if !new.get("metadata").is_some_and(Value::is_object) {
+        new["metadata"] = json!({});
+    }
+    let live_meta = &live["metadata"];
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+    ] {
+        set_or_remove(&mut new["metadata"], k, live_meta.get(k));
+    }
+    if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    new["apiVersion"] = live["apiVersion"].clone();
+    new["kind"] = Value::String(info.kind.clone());
+    if info.plural == "namespaces" && info.group.is_empty() && !status {
+        set_or_remove(new, "spec", live.get("spec"));
+    }
+}
+
+/// Once an object is being deleted, finalizers may only go away.
+fn check_no_new_finalizers(
+    info: &ResourceInfo,
+    name: &str,
+    new: &Value,
+    live: &Value,
+) -> Result<(), ApiError> {
+    if meta_str(live, "deletionTimestamp").is_none() {
+        return Ok(());
+    }
+    let had = |f: &Value| {
+        live.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.contains(f))
+    };
+    match new
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .and_then(|fs| fs.iter().find(|f| !had(f)))
+    {
+        Some(added) => Err(ApiError::forbidden(
+            info,
+            name,
+            &format!(
+                "no new finalizers can be added if the object is being deleted, found new finalizers [{added}]"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// ObjectMeta's list and map fields are `omitempty` on a real server: an emptied finalizer list
 /// disappears rather than staying as `[]` (kube's finalizer helper tests for its absence).
 fn drop_empty_metadata(obj: &mut Value) {
@@ -886,6 +908,61 @@ mod tests {
         assert_eq!(s.changes_since(start + 2).unwrap()[0].rv, start + 3);
         assert_eq!(s.changes_since(start + 1).unwrap_err().code, 410);
         assert!(s.changes_since(s.resource_version()).unwrap().is_empty());
+    }
+
+    fn info(plural: &str) -> ResourceInfo {
+        resources::builtins()
+            .into_iter()
+            .find(|r| r.plural == plural)
+            .unwrap()
+    }
+
+    #[test]
+    fn writes_keep_what_the_server_owns() {
+        let live = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "n", "uid": "u", "resourceVersion": "5", "generation": 1},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        // Main endpoint: status and server metadata stay; labels may change.
+        let mut main = json!({"metadata": {"name": "n", "uid": "forged", "labels": {"a": "b"}},
+                              "spec": {}, "status": {"phase": "Gone"}});
+        keep_server_owned(&info("namespaces"), &mut main, &live, false);
+        assert_eq!(main["metadata"]["uid"], "u");
+        assert_eq!(main["metadata"]["labels"]["a"], "b");
+        assert_eq!(main["status"]["phase"], "Active");
+        assert_eq!(main["spec"], live["spec"]);
+        // Status endpoint: only status changes.
+        let mut st =
+            json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Terminating"}});
+        keep_server_owned(&info("namespaces"), &mut st, &live, true);
+        assert_eq!(st["status"]["phase"], "Terminating");
+        assert!(st["metadata"].get("labels").is_none());
+        assert_eq!(st["metadata"]["resourceVersion"], "5");
+    }
+
+    #[test]
+    fn preconditions_compare_resource_versions() {
+        let live = json!({"metadata": {"resourceVersion": "5"}});
+        let with = |rv: Option<&str>| match rv {
+            Some(rv) => json!({"metadata": {"resourceVersion": rv}}),
+            None => json!({"metadata": {}}),
+        };
+        let cms = info("configmaps");
+        assert!(check_preconditions(&cms, "x", &with(Some("5")), &live).is_ok());
+        assert!(check_preconditions(&cms, "x", &with(None), &live).is_ok());
+        assert_eq!(
+            check_preconditions(&cms, "x", &with(Some("4")), &live)
+                .unwrap_err()
+                .code,
+            409
+        );
+        let mut custom = cms.clone();
+        custom.custom = true;
+        assert_eq!(
+            check_preconditions(&custom, "x", &with(None), &live)
+                .unwrap_err()
+                .code,
+            422
+        );
     }
 
     #[test]
