@@ -1054,6 +1054,21 @@ fn tail_of(path: &Path) -> Option<String> {
     Some(lines[lines.len().saturating_sub(20)..].join("\n"))
 }
 
+/// `verb resource count` for each kind of write, e.g. `patch secrets 3`.
+fn describe_writes(s: &Stats) -> String {
+    let parts: Vec<String> = s
+        .requests
+        .iter()
+        .filter(|((v, _), _)| v.is_write())
+        .map(|((v, r), n)| format!("{} {r} {n}", v.as_str()))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
@@ -1081,6 +1096,10 @@ impl Report {
 
     fn writes_per_resource(&self) -> f64 {
         per(self.apply_writes.writes(), self.resources())
+    }
+
+    fn event_objects(&self, kind: &str) -> u64 {
+        self.events_by_kind.get(kind).copied().unwrap_or(0)
     }
 
     fn events_writes(&self, s: &Stats) -> u64 {
@@ -1191,8 +1210,31 @@ impl Report {
                 self.resources()
             ),
         );
+        let tcerts = self.n + self.tenant_mode;
+        let kind_writes = [
+            (
+                "TenantCertificate",
+                w.writes_to(TCERT)
+                    + self.event_objects("TenantCertificate")
+                    + w.writes_to("configmaps"),
+                tcerts,
+            ),
+            (
+                "DeviceIdCredential",
+                w.writes_to(DIDC)
+                    + self.event_objects("DeviceIdCredential")
+                    + w.writes_to("secrets"),
+                self.device_ids,
+            ),
+        ];
+        for (kind, writes, count) in kind_writes {
+            row(
+                &format!("  per {kind} (its patches, its events, its Secrets/ConfigMaps)"),
+                format!("{:.2}", per(writes, count)),
+            );
+        }
         for (kind, resource, count) in [
-            ("TenantCertificate", TCERT, self.n + self.tenant_mode),
+            ("TenantCertificate", TCERT, tcerts),
             ("DeviceIdCredential", DIDC, self.device_ids),
         ] {
             let c = self.changes.get(kind).copied().unwrap_or_default();
@@ -1248,9 +1290,9 @@ impl Report {
             row(
                 "operator restart: AIC calls per Local cert",
                 format!(
-                    "{:.2} (Kubernetes writes {})",
+                    "{:.2}; Kubernetes writes: {}",
                     per(restart, self.n),
-                    s.restart_writes.writes()
+                    describe_writes(&s.restart_writes)
                 ),
             );
             let cycles = f64::from(args.steady_periods.max(1));
