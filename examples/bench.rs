@@ -52,6 +52,9 @@ struct Args {
     /// Time for `live` to follow `active` in the AIC simulators (real tenants: about 60 s).
     #[arg(long, default_value = "10s", value_parser = duration)]
     live_delay: Duration,
+    /// Added to every AIC simulator answer (real tenants: tens to hundreds of milliseconds).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    aic_latency: Duration,
     /// Also run every size with this many unrelated Secrets present (and report the growth).
     #[arg(long, default_value_t = 0)]
     unrelated_secrets: usize,
@@ -689,6 +692,7 @@ async fn start_sims(args: &Args) -> anyhow::Result<Sims> {
     let config = AicSimConfig {
         live_delay: args.live_delay,
         delete_500_window: Duration::from_secs(2),
+        latency: args.aic_latency,
         ..Default::default()
     };
     let mut local = vec![];
@@ -1119,9 +1123,10 @@ impl Report {
         row(
             "setup",
             format!(
-                "{} AIC tenants (+1 for Tenant mode), live delay {} s, operator defaults (poll 2–20 s, concurrency {})",
+                "{} AIC tenants (+1 for Tenant mode), live delay {} s, AIC latency {} ms, operator defaults (poll 2–20 s, concurrency {})",
                 self.tenants,
                 args.live_delay.as_secs(),
+                args.aic_latency.as_millis(),
                 args.concurrency.map_or("8".into(), |c| c.to_string())
             ),
         );
