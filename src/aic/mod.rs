@@ -163,25 +163,36 @@ impl AicClient {
         self: &Arc<Self>,
         since: Instant,
     ) -> Result<Arc<Vec<Certificate>>, AicError> {
+        self.list_certificates_shared(since)
+            .await
+            .map(|(_, list)| list)
+    }
+
+    /// As [`AicClient::list_certificates_since`], also saying when the list request started.
+    pub async fn list_certificates_shared(
+        self: &Arc<Self>,
+        since: Instant,
+    ) -> Result<(Instant, Arc<Vec<Certificate>>), AicError> {
         use futures::FutureExt;
-        let result = {
+        let (started, result) = {
             let mut latest = self.latest_list.lock().unwrap_or_else(|e| e.into_inner());
             match latest.as_ref().filter(|l| l.started >= since) {
-                Some(list) => list.result.clone(),
+                Some(list) => (list.started, list.result.clone()),
                 None => {
                     let client = self.clone();
                     let result = async move { client.list_certificates().await.map(Arc::new) }
                         .boxed()
                         .shared();
+                    let started = Instant::now();
                     *latest = Some(SharedList {
-                        started: Instant::now(),
+                        started,
                         result: result.clone(),
                     });
-                    result
+                    (started, result)
                 }
             }
         };
-        result.await
+        Ok((started, result.await?))
     }
 
     /// `None` when the tenant does not know the id.

@@ -72,6 +72,8 @@ struct Run<'a> {
     now: Timestamp,
     /// When this reconcile began: tenant lists started after it are fresh enough to share.
     started: std::time::Instant,
+    /// The tenant list in hand started after this reconcile began.
+    list_is_strict: bool,
 }
 
 async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
@@ -84,6 +86,7 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         events: vec![],
         now,
         started: std::time::Instant::now(),
+        list_is_strict: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -126,12 +129,26 @@ impl Run<'_> {
         source: &Source,
     ) -> Result<Action, StepError> {
         let spec = &self.obj.spec;
-        let mut tenant: BTreeMap<String, Certificate> = client
-            .list_certificates_since(self.started)
-            .await?
-            .iter()
-            .map(|c| (c.id.clone(), c.clone()))
-            .collect();
+        // Polls of one tenant wake together (see `plan::aligned`) and share one list: a list that
+        // started shortly before this reconcile is good enough to look at `live`. Creating needs
+        // more (see `Step::Upload`).
+        let tolerance = self.ctx.options.poll.min;
+        let since = self.started.checked_sub(tolerance).unwrap_or(self.started);
+        let (listed_at, list) = client.list_certificates_shared(since).await?;
+        self.list_is_strict = listed_at >= self.started;
+        let mut tenant: BTreeMap<String, Certificate> =
+            list.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        // An earlier list may predate our own last upload: never conclude from it that one of our
+        // certificates is gone.
+        if !self.list_is_strict
+            && plan::known_ids(&self.status)
+                .iter()
+                .any(|id| !tenant.contains_key(id))
+        {
+            let list = client.list_certificates_since(self.started).await?;
+            tenant = list.iter().map(|c| (c.id.clone(), c.clone())).collect();
+            self.list_is_strict = true;
+        }
         // The tenant answers again: the failure streak is over.
         self.status.failures = None;
         self.status.next_attempt_time = None;
@@ -206,7 +223,7 @@ impl Run<'_> {
 
     async fn perform(
         &mut self,
-        client: &AicClient,
+        client: &Arc<AicClient>,
         step: Step,
         source: &Source,
         tenant: &mut BTreeMap<String, Certificate>,
@@ -222,6 +239,13 @@ impl Run<'_> {
                         message: "no source certificate".into(),
                     })
                 })?;
+                if !self.list_is_strict {
+                    // Adoption must see every upload made before this reconcile began, or an
+                    // upload whose status write was lost would be made twice.
+                    let list = client.list_certificates_since(self.started).await?;
+                    *tenant = list.iter().map(|c| (c.id.clone(), c.clone())).collect();
+                    self.list_is_strict = true;
+                }
                 let known = plan::known_ids(&self.status);
                 let adopted = plan::find_adoptable_upload(tenant, &cert.leaf, &known).cloned();
                 let uploaded = match adopted {
@@ -675,6 +699,7 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         events: vec![],
         now,
         started: std::time::Instant::now(),
+        list_is_strict: false,
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(

@@ -240,7 +240,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
         } else {
             format!("certificate {current_id} is inactive; waiting for it to stop being live")
         };
-        let after = obs.poll.max.min(obs.poll.min * 4);
+        let after = aligned(obs.poll.max.min(obs.poll.min * 4), obs.poll.min, obs.now);
         return Ok(Plan {
             status,
             step: Step::Wait {
@@ -292,7 +292,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             step: Step::Wait {
                 reason: "WaitingToDeleteOld",
                 message,
-                after: obs.poll.max,
+                after: aligned(obs.poll.max, obs.poll.min, obs.now),
             },
         });
     }
@@ -460,9 +460,15 @@ fn next_look(
     match renewal_time(spec, status) {
         Some(due) => {
             let secs = due.as_second().saturating_sub(obs.now.as_second()).max(1) as u64;
-            obs.poll.resync.min(Duration::from_secs(secs))
+            let until_due = Duration::from_secs(secs);
+            if until_due < obs.poll.resync {
+                until_due
+            } else {
+                aligned(obs.poll.resync, obs.poll.resync, obs.now)
+            }
         }
-        None => obs.poll.resync,
+        // Resyncs land on the same tick for every resource: one list per tenant per period.
+        None => aligned(obs.poll.resync, obs.poll.resync, obs.now),
     }
 }
 
@@ -473,7 +479,27 @@ fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp) -> Duration {
         .parse::<Timestamp>()
         .map(|t| Duration::from_secs(now.as_second().saturating_sub(t.as_second()).max(0) as u64))
         .unwrap_or_default();
-    (waited / 2).clamp(poll.min, poll.max)
+    aligned((waited / 2).clamp(poll.min, poll.max), poll.min, now)
+}
+
+/// Waits about `interval`, ending on a tick of a clock every resource shares: the interval is
+/// rounded up to `base` times a power of two, and the wake-up falls on a multiple of that since
+/// the Unix epoch. Resources waiting on one tenant then wake together and one list call serves
+/// them all, instead of one call each.
+pub fn aligned(interval: Duration, base: Duration, now: Timestamp) -> Duration {
+    let base_ms = base.as_millis().max(1) as i64;
+    let want_ms = interval.as_millis().min(i64::MAX as u128) as i64;
+    let mut step = base_ms;
+    while step < want_ms {
+        step = step.saturating_mul(2);
+    }
+    let now_ms = now.as_millisecond();
+    let mut wait = step - now_ms.rem_euclid(step);
+    // Not a near-zero wait: the next tick after that.
+    if wait < step / 4 {
+        wait += step;
+    }
+    Duration::from_millis(wait as u64)
 }
 
 /// Certificates of ours (recorded in status), for adoption and cleanup.
@@ -543,4 +569,35 @@ pub fn find_adoptable_csr<'a>(
                 .is_some_and(|s| s.contains(&format!("CN={}", spec.common_name)))
             && created_ok
     })
+}
+
+#[cfg(test)]
+mod aligned_tests {
+    use super::aligned;
+    use std::time::Duration;
+
+    proptest::proptest! {
+        #[test]
+        fn wakes_on_a_shared_tick_near_the_interval(now_ms in 0i64..4_000_000_000_000, want in 1u64..60_000) {
+            let now = jiff::Timestamp::from_millisecond(now_ms).unwrap();
+            let base = Duration::from_millis(500);
+            let wait = aligned(Duration::from_millis(want), base, now);
+            let step = (0..20).map(|k| 500u64 << k).find(|s| *s >= want.max(500)).unwrap();
+            let wake = now_ms as u64 + wait.as_millis() as u64;
+            proptest::prop_assert_eq!(wake % step, 0, "not on a tick");
+            proptest::prop_assert!(wait.as_millis() as u64 >= step / 4 && wait.as_millis() as u64 <= step + step / 4);
+        }
+    }
+
+    #[test]
+    fn two_resources_with_different_waits_meet() {
+        let base = Duration::from_secs(2);
+        let a = jiff::Timestamp::from_millisecond(1_000_300).unwrap();
+        let b = jiff::Timestamp::from_millisecond(1_001_700).unwrap();
+        let wake_a =
+            a.as_millisecond() + aligned(Duration::from_secs(8), base, a).as_millis() as i64;
+        let wake_b =
+            b.as_millisecond() + aligned(Duration::from_secs(7), base, b).as_millis() as i64;
+        assert_eq!(wake_a, wake_b);
+    }
 }
