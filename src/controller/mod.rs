@@ -88,6 +88,11 @@ pub struct Context {
     /// DeviceIdCredential: per-credential call locks and the resources' store.
     pub deviceid: deviceid::Shared,
     pub metrics: Arc<Metrics>,
+    /// TenantCertificate uid → when its last tenant mutation returned in this process. A tenant
+    /// list that started after that (or, with none, after this context was made: anything a
+    /// previous process did came before) shows everything the resource did.
+    pub tenant_mutations: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub created: std::time::Instant,
 }
 
 impl Context {
@@ -108,7 +113,26 @@ impl Context {
             options,
             deviceid: deviceid::Shared::default(),
             metrics,
+            tenant_mutations: Default::default(),
+            created: std::time::Instant::now(),
         })
+    }
+
+    /// A list of the tenant that started at or after this shows everything `uid` did there.
+    pub fn tenant_state_since(&self, uid: &str) -> std::time::Instant {
+        let mutations = self
+            .tenant_mutations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        mutations.get(uid).copied().unwrap_or(self.created)
+    }
+
+    pub fn record_tenant_mutation(&self, uid: &str) {
+        let mut mutations = self
+            .tenant_mutations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        mutations.insert(uid.to_string(), std::time::Instant::now());
     }
 
     /// Records one call to a CIE tenant (the AIC client reports its own calls).

@@ -135,7 +135,8 @@ impl Run<'_> {
         let tolerance = self.ctx.options.poll.min;
         let since = self.started.checked_sub(tolerance).unwrap_or(self.started);
         let (listed_at, list) = client.list_certificates_shared(since).await?;
-        self.list_is_strict = listed_at >= self.started;
+        let uid = self.obj.metadata.uid.clone().unwrap_or_default();
+        self.list_is_strict = listed_at >= self.ctx.tenant_state_since(&uid);
         let mut tenant: BTreeMap<String, Certificate> =
             list.iter().map(|c| (c.id.clone(), c.clone())).collect();
         // An earlier list may predate our own last upload: never conclude from it that one of our
@@ -145,7 +146,9 @@ impl Run<'_> {
                 .iter()
                 .any(|id| !tenant.contains_key(id))
         {
-            let list = client.list_certificates_since(self.started).await?;
+            let list = client
+                .list_certificates_since(self.ctx.tenant_state_since(&uid))
+                .await?;
             tenant = list.iter().map(|c| (c.id.clone(), c.clone())).collect();
             self.list_is_strict = true;
         }
@@ -201,14 +204,18 @@ impl Run<'_> {
                     return Ok(Action::requeue(after));
                 }
                 step => {
-                    self.perform(
-                        client,
-                        step,
-                        source,
-                        &mut tenant,
-                        renew_request.map(str::to_string),
-                    )
-                    .await?
+                    let done = self
+                        .perform(
+                            client,
+                            step,
+                            source,
+                            &mut tenant,
+                            renew_request.map(str::to_string),
+                        )
+                        .await;
+                    // Even a failed call may have taken effect: later lists must start after it.
+                    self.ctx.record_tenant_mutation(&uid);
+                    done?
                 }
             }
         }
@@ -242,7 +249,10 @@ impl Run<'_> {
                 if !self.list_is_strict {
                     // Adoption must see every upload made before this reconcile began, or an
                     // upload whose status write was lost would be made twice.
-                    let list = client.list_certificates_since(self.started).await?;
+                    let uid = self.obj.metadata.uid.clone().unwrap_or_default();
+                    let list = client
+                        .list_certificates_since(self.ctx.tenant_state_since(&uid))
+                        .await?;
                     *tenant = list.iter().map(|c| (c.id.clone(), c.clone())).collect();
                     self.list_is_strict = true;
                 }
