@@ -286,15 +286,19 @@ pub async fn run_with(
     .touched_objects()
     .predicate_filter(user_intent, Default::default());
     let controller = Controller::for_stream(stream, reader.clone());
-    // Only metadata of Secrets is watched (names and resourceVersions), mapped to the resources
-    // that reference them.
+    // Only metadata of Secrets is watched (names and resourceVersions), once for both
+    // controllers, and mapped to the resources that reference them.
     let secrets =
         watch_scoped::<PartialObjectMeta<Secret>>(&client, &namespaces, watcher::Config::default())
             .touched_objects();
+    let [tenant_secrets, device_secrets] = fan_out(secrets);
     let store = reader.clone();
     let tenant_certificates = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
-        .watches_stream(secrets, referencing(store, tenant::references_secret))
+        .watches_shared_stream(
+            tenant_secrets,
+            referencing(store, tenant::references_secret),
+        )
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| measured(metrics::TENANT_CERTIFICATE, tenant::reconcile, obj, ctx),
@@ -331,6 +335,7 @@ pub async fn run_with(
             options,
             ctx,
             &namespaces,
+            device_secrets,
             (didc_reader, didc_writer),
             stopped,
         ),
@@ -352,6 +357,7 @@ async fn run_deviceid(
     options: Options,
     ctx: Arc<Context>,
     namespaces: &[String],
+    secrets: futures::channel::mpsc::Receiver<Arc<PartialObjectMeta<Secret>>>,
     (reader, writer): (
         reflector::Store<DeviceIdCredential>,
         reflector::store::Writer<DeviceIdCredential>,
@@ -365,13 +371,10 @@ async fn run_deviceid(
     )
     .touched_objects()
     .predicate_filter(user_intent, Default::default());
-    let secrets =
-        watch_scoped::<PartialObjectMeta<Secret>>(&client, namespaces, watcher::Config::default())
-            .touched_objects();
     let store = reader.clone();
     Controller::for_stream(stream, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
-        .watches_stream(secrets, referencing(store, deviceid::references_secret))
+        .watches_shared_stream(secrets, referencing(store, deviceid::references_secret))
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| measured(metrics::DEVICE_ID_CREDENTIAL, deviceid::reconcile, obj, ctx),
@@ -393,11 +396,42 @@ async fn run_deviceid(
         .await;
 }
 
+/// One watch, two consumers: both controllers follow the same Secret events without each
+/// listing every Secret in the cluster. A bounded channel per consumer: a slow controller slows
+/// the watch down rather than buffering without limit. Watch errors are retried by the watcher's
+/// backoff; the task ends when both consumers are gone.
+fn fan_out<S, K>(stream: S) -> [futures::channel::mpsc::Receiver<Arc<K>>; 2]
+where
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    K: Send + Sync + 'static,
+{
+    use futures::SinkExt;
+    let (mut a_tx, a_rx) = futures::channel::mpsc::channel(1024);
+    let (mut b_tx, b_rx) = futures::channel::mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(obj) => {
+                    let obj = Arc::new(obj);
+                    let a = a_tx.send(obj.clone()).await;
+                    let b = b_tx.send(obj).await;
+                    if a.is_err() && b.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching Secrets"),
+            }
+        }
+    });
+    [a_rx, b_rx]
+}
+
 /// Maps a Secret event to the resources (from the controller's cache) that reference it.
 fn referencing<K>(
     store: kube::runtime::reflector::Store<K>,
     references: fn(&K, &str) -> bool,
-) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<K>>
+) -> impl Fn(Arc<PartialObjectMeta<Secret>>) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
