@@ -9,9 +9,6 @@ use std::time::Duration;
 use common::*;
 use kube::api::{Patch, PatchParams};
 
-/// These tests each run whole operator processes; one at a time keeps a 2-core machine honest.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 struct Operator {
     child: Child,
 }
@@ -27,6 +24,12 @@ impl Operator {
                 "500ms",
                 "--resync",
                 "10m",
+                // Each test runs its own operator: its own admin port, and a short lease so a
+                // restart after kill -9 takes the lease over quickly.
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--lease-duration",
+                "2s",
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
@@ -78,7 +81,6 @@ fn ours(env: &Env) -> Vec<certrotor::sim::aic::SimCertificate> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_reconciles_survives_kill_9_and_cleans_up() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     let env = Env::new(sim_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -175,7 +177,6 @@ async fn real_binary_reconciles_survives_kill_9_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_applies_each_deletion_policy() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     let env = Env::new(sim_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -237,7 +238,6 @@ async fn real_binary_applies_each_deletion_policy() {
 /// the attempts recorded, and the output Secret still holds a certificate the service accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binary_kill_9_mid_refresh_overspends_nothing() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     use certrotor::sim::cie::{CieSim, CieSimConfig, Operation};
     use k8s_openapi::api::core::v1::Secret;
 
@@ -378,7 +378,6 @@ fn rbac_contract()
 /// renew, leader election): the calls it makes are exactly what the chart's RBAC grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_calls_are_exactly_what_the_rbac_contract_grants() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     use certrotor::sim::cie::{CieSim, CieSimConfig};
     let env = Env::new(sim_config()).await;
     let cie = CieSim::start("127.0.0.1:0".parse().unwrap(), CieSimConfig::default())
