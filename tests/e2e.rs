@@ -245,50 +245,12 @@ async fn real_binary_kill_9_mid_refresh_overspends_nothing() {
     let cie = CieSim::start("127.0.0.1:0".parse().unwrap(), CieSimConfig::default())
         .await
         .unwrap();
-    let onboarding = cie.onboarding();
-    env.put_secret(
-        "onboarding",
-        [
-            ("tls.crt".to_string(), onboarding.cert_pem),
-            ("tls.key".to_string(), onboarding.key_pem),
-            ("apiKey".to_string(), onboarding.api_key),
-        ]
-        .into(),
-    )
-    .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     env.standin.write_kubeconfig(&kubeconfig).unwrap();
     let mut operator = Operator::spawn(&kubeconfig);
-
-    let mut device: certrotor::api::DeviceIdCredential = serde_saphyr::from_str(
-        "apiVersion: certrotor.io/v1alpha1
-kind: DeviceIdCredential
-metadata: {name: iot, namespace: default}
-spec:
-  endpoint: https://placeholder
-  onboardingSecretRef: {name: onboarding}
-  certName: iot
-  secretName: iot-client
-",
-    )
-    .unwrap();
-    device.spec.endpoint = cie.url();
-    device.spec.ca_bundle = Some(cie.ca_pem());
-    let didcs: kube::Api<certrotor::api::DeviceIdCredential> =
-        kube::Api::namespaced(env.client.clone(), NS);
-    didcs.create(&Default::default(), &device).await.unwrap();
-    let ready = |d: &certrotor::api::DeviceIdCredential| {
-        d.status.as_ref().is_some_and(|s| {
-            certrotor::api::is_true(&s.conditions, certrotor::api::READY)
-                && s.serial_number.is_some()
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !ready(&didcs.get("iot").await.unwrap()) {
-        assert!(std::time::Instant::now() < deadline, "never Ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let didcs = apply_device(&env, &cie, "iot").await;
+    wait_device_refreshes(&didcs, "iot", 1).await;
 
     // Renew with a slow vendor, and kill the operator in the middle; then restart, several times.
     cie.knobs().set_latency(Duration::from_millis(800));
@@ -410,15 +372,11 @@ async fn operator_calls_are_exactly_what_the_rbac_contract_grants() {
     })
     .await;
     env.apply(&with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: idp, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: idp-tls}
-  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}
-",
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}",
+            "",
+        ),
         &env,
     ))
     .await;

@@ -178,6 +178,12 @@ async fn only_the_leader_reconciles_a_standby_takes_over_and_sigterm_exits_0() {
         .await;
     let first = env.wait_ready("login").await.status.unwrap();
 
+    // The gauges come from the leader's cache, which sees the Ready status a moment after we do.
+    let expiry = r#"certrotor_certificate_expiry_timestamp_seconds{kind="TenantCertificate",namespace="default",name="login"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !scrape(a.admin).await.contains(expiry) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (ma, mb) = (scrape(a.admin).await, scrape(b.admin).await);
     assert!(total(&ma, "certrotor_tenant_calls_total") > 0.0, "{ma}");
     assert!(total(&ma, "certrotor_reconcile_total") > 0.0, "{ma}");

@@ -75,15 +75,11 @@ async fn local_certificate_becomes_ready() {
 async fn tenant_csr_flow_becomes_ready_once_the_chain_appears() {
     let env = Env::start(sim_config()).await;
     let yaml = with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: idp, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: idp-tls}
-  csr: {commonName: idp.example.com, organization: Acme Inc, country: US, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}
-",
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, organization: Acme Inc, country: US, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}",
+            "",
+        ),
         &env,
     );
     env.apply(&yaml).await;
@@ -297,15 +293,11 @@ async fn crash_after_upload_adopts_instead_of_duplicating() {
 async fn crash_after_csr_creation_adopts_the_csr() {
     let mut env = Env::new(sim_config()).await;
     let yaml = with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: idp, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: idp-tls}
-  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}
-",
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}",
+            "",
+        ),
         &env,
     );
     env.apply(&yaml).await;
@@ -516,15 +508,11 @@ async fn bad_local_input_stalls_without_tenant_calls() {
 async fn wildcard_csr_stalls_without_tenant_calls() {
     let env = Env::start(sim_config()).await;
     let yaml = with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: wild, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: wild-tls}
-  csr: {commonName: login.example.com, subjectAlternativeNames: ['*.example.com']}
-",
+        &tenant_yaml(
+            "wild",
+            "{commonName: login.example.com, subjectAlternativeNames: ['*.example.com']}",
+            "",
+        ),
         &env,
     );
     env.apply(&yaml).await;
@@ -536,15 +524,11 @@ spec:
 async fn chain_not_matching_the_csr_stalls_before_upload() {
     let env = Env::start(sim_config()).await;
     let yaml = with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: idp, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: idp-tls}
-  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}
-",
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}",
+            "",
+        ),
         &env,
     );
     env.apply(&yaml).await;
@@ -672,17 +656,11 @@ async fn settled_resource_is_quiet_one_event_per_change() {
 async fn tenant_mode_starts_a_new_csr_when_renewal_is_due_and_rotates() {
     let env = Env::start(sim_config()).await;
     let yaml = with_url(
-        "apiVersion: certrotor.io/v1alpha1
-kind: TenantCertificate
-metadata: {name: idp, namespace: default}
-spec:
-  tenant: {url: URL, credentialsSecretRef: {name: aic-creds}}
-  keySource: Tenant
-  secretRef: {name: idp-tls}
-  renewBefore: 20s
-  revisionHistoryLimit: 0
-  csr: {commonName: idp.example.com, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}
-",
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com], algorithm: ecdsa}",
+            "  renewBefore: 20s\n  revisionHistoryLimit: 0\n",
+        ),
         &env,
     );
     env.apply(&yaml).await;

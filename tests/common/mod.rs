@@ -291,6 +291,22 @@ spec:
     )
 }
 
+/// A Tenant-mode resource reading its chain from Secret `<name>-tls`; `csr` is the flow mapping
+/// of `spec.csr`, `extra` more spec lines (indented two spaces).
+pub fn tenant_yaml(name: &str, csr: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: certrotor.io/v1alpha1
+kind: TenantCertificate
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  tenant: {{url: URL, credentialsSecretRef: {{name: aic-creds}}}}
+  keySource: Tenant
+  secretRef: {{name: {name}-tls}}
+{extra}  csr: {csr}
+"
+    )
+}
+
 pub fn with_url(yaml: &str, env: &Env) -> String {
     yaml.replace("URL", &env.aic.url())
 }
