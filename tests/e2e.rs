@@ -439,8 +439,11 @@ async fn operator_calls_are_exactly_what_the_rbac_contract_grants() {
         .iter()
         .flat_map(|((g, r), vs)| vs.iter().map(move |v| (g.clone(), r.clone(), v.clone())))
         .filter(|(g, r, v)| {
+            // `patch` on events extends the series of an identical repeated Event, which this
+            // scenario does not produce; tests/standin_kubectl.rs shows the patch.
             let exempt = (r.ends_with("/finalizers") && v == "update")
-                || (g.is_empty() && (r == "secrets" || r == "configmaps") && v == "create");
+                || (g.is_empty() && (r == "secrets" || r == "configmaps") && v == "create")
+                || (g == "events.k8s.io" && r == "events" && v == "patch");
             !exempt && !observed.contains(&(g.clone(), r.clone(), v.clone()))
         })
         .collect();

@@ -254,3 +254,92 @@ async fn kubectl_works_against_the_standin() {
     assert!(didc.get("vendor").await.is_err());
     s.shutdown().await;
 }
+
+const TENANT_CERTIFICATE: &str = "apiVersion: certrotor.io/v1alpha1
+kind: TenantCertificate
+metadata:
+  name: idp-example-com
+spec:
+  tenant:
+    url: https://openam-acme.id.forgerock.io
+    credentialsSecretRef:
+      name: aic
+  secretRef:
+    name: idp-example-com-tls
+";
+
+/// After a rotation, `kubectl describe` names the current certificate in its newest Events:
+/// a repeated message is counted in its series, a new message is a new Event.
+#[tokio::test]
+async fn describe_shows_the_newest_message_of_each_event() {
+    use certrotor::controller::events::{EventRecorder, EventType};
+    let Some(binary) = find_kubectl() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install kubectl (scripts/ci-tools.sh) before the tests"
+        );
+        eprintln!("no kubectl found; skipping the kubectl checks (run scripts/ci-tools.sh)");
+        return;
+    };
+    let s = StandIn::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl {
+        binary,
+        kubeconfig: dir.path().join("kubeconfig"),
+        cache: dir.path().join("cache"),
+    };
+    s.write_kubeconfig(&k.kubeconfig).unwrap();
+    k.run(&["apply", "-f", "-"], Some(&certrotor::api::crds_yaml()))
+        .await;
+    k.run(&["apply", "-f", "-"], Some(TENANT_CERTIFICATE)).await;
+    let tcerts: Api<certrotor::api::TenantCertificate> = Api::default_namespaced(s.client());
+    let regarding = tcerts.get("idp-example-com").await.unwrap().object_ref(&());
+    let recorder = EventRecorder::new(s.client(), "certrotor", None);
+    let steps = [
+        ("Uploaded", "uploaded certificate ccrt-first"),
+        ("Ready", "certificate ccrt-first is active and live"),
+        ("Ready", "certificate ccrt-first is active and live"),
+        ("Uploaded", "uploaded certificate ccrt-second"),
+        ("Ready", "certificate ccrt-second is active and live"),
+    ];
+    for (reason, note) in steps {
+        recorder
+            .publish(&regarding, EventType::Normal, reason, note)
+            .await
+            .unwrap();
+        // Distinct timestamps, so kubectl's order (by last seen) is the order they happened.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let described = k.run(&["describe", "tcert", "idp-example-com"], None).await;
+    let events: Vec<&str> = described
+        .lines()
+        .skip_while(|l| !l.starts_with("Events:"))
+        .filter(|l| l.trim_start().starts_with("Normal"))
+        .collect();
+    assert_eq!(events.len(), 4, "four distinct messages:\n{described}");
+    let newest = events.last().unwrap();
+    assert!(
+        newest.contains("Ready") && newest.ends_with("certificate ccrt-second is active and live"),
+        "the newest Event names the current certificate:\n{described}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|l| l.contains("(x2 over")
+                && l.ends_with("certificate ccrt-first is active and live")),
+        "the repeated message is one series of two:\n{described}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|l| l.ends_with("uploaded certificate ccrt-second")),
+        "{described}"
+    );
+    // Two Event objects for the four `Ready`/`Uploaded` messages of the first certificate, not
+    // three: a repeat patches its series instead of creating another object.
+    let listed = k.run(&["get", "events", "-o", "name"], None).await;
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    s.shutdown().await;
+}

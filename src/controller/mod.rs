@@ -2,6 +2,7 @@
 
 pub mod clients;
 pub mod deviceid;
+pub mod events;
 pub mod patch;
 pub mod tenant;
 
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -82,7 +83,7 @@ impl Default for Options {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     pub aic: AicClients,
     pub options: Options,
     /// DeviceIdCredential: per-credential call locks and the resources' store.
@@ -102,12 +103,12 @@ impl Context {
         observer: Option<Arc<dyn CallObserver>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "certrotor".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: events::EventRecorder::new(
+                client.clone(),
+                "certrotor",
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             aic: AicClients::new(Some(tee(observer, metrics.aic_observer()))),
             options,
@@ -156,14 +157,11 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder
+            .publish(&obj.object_ref(&()), type_, reason, &note)
+            .await
+        {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
