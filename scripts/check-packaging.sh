@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart, the kustomize base and the Argo CD health checks:
 # helm lint, helm template (defaults and tests/packaging/all-options.yaml), kubectl kustomize deploy/,
-# checkov on everything rendered and on the Dockerfile, hadolint, yamllint, the Lua health-check
-# tests, and RBAC exactness.
+# the CRDs' CEL rules on every install path (certrotor crd --check), checkov on everything
+# rendered and on the Dockerfile, hadolint, yamllint, the Lua health-check tests, and RBAC exactness.
 # Needs python3 (3.11) with pip and the package registries; installs the rest with scripts/ci-tools.sh.
 #
 #   scripts/check-packaging.sh            run every check; the last line counts passed and failed
@@ -79,6 +79,13 @@ kustomize_matches_chart() {
     kubectl kustomize deploy/ >"$OUT/kustomize.yaml" || return 1
     "$PY" tests/packaging/compare_renders.py "$OUT/kustomize.yaml" "$OUT/helm-default.yaml" crds/certrotor.yaml
 }
+# What a real API server checks when the CRDs are applied: every CEL rule compiles, stays within
+# the cost budget and reads only bounded arrays, strings and maps. Run on each install path.
+crd_rules_bounded() {
+    helm template certrotor "$CHART" --namespace certrotor-system --include-crds >"$OUT/helm-crds.yaml" || return 1
+    kubectl kustomize deploy/ >"$OUT/kustomize-crds.yaml" || return 1
+    cargo run --locked --quiet -- crd --check crds/certrotor.yaml "$OUT/helm-crds.yaml" "$OUT/kustomize-crds.yaml"
+}
 run_checkov() {
     mkdir -p "$OUT/checkov"
     cp "$OUT/helm-default.yaml" "$OUT/helm-all-options.yaml" "$OUT/kustomize.yaml" "$OUT/checkov/"
@@ -118,6 +125,7 @@ check "two replicas without leader election are refused" \
     must_fail "replicaCount > 1 needs leaderElection.enabled" helm template x "$CHART" --set leaderElection.enabled=false
 check "deploy/base is the chart's rendering" base_is_fresh
 check "kubectl kustomize deploy/ equals the chart's objects" kustomize_matches_chart
+check "CRD validation rules are bounded (crds/, helm --include-crds, kustomize)" crd_rules_bounded
 check "checkov" run_checkov
 check "checkov (Dockerfile)" run_checkov_dockerfile
 check "hadolint (Dockerfile)" run_hadolint

@@ -26,8 +26,15 @@ struct Cli {
 enum Command {
     /// Run the operator (kubeconfig or in-cluster config, as kube's Client::try_default).
     Run(RunArgs),
-    /// Print every CRD as multi-document YAML.
-    Crd,
+    /// Print every CRD as multi-document YAML, or check rendered CRDs (helm template, kubectl
+    /// kustomize) for validation rules a real API server refuses.
+    Crd {
+        /// Check the CustomResourceDefinitions in these multi-document YAML files (`-` for
+        /// stdin) instead of printing: every rule compiles, stays within the cost budget and
+        /// reads only bounded arrays, strings and maps. Exits 1 when one is refused.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        check: Vec<std::path::PathBuf>,
+    },
     /// The whole story with no cluster and no tenant: stand-in API, simulators, operator, examples.
     Demo {
         /// Stay up afterwards and print a kubeconfig path for kubectl.
@@ -107,6 +114,48 @@ enum SimCommand {
     },
 }
 
+/// `certrotor crd --check`: prints one line per CRD, and each refusal; false when any is refused.
+fn check_crd_files(files: &[std::path::PathBuf]) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let mut clean = true;
+    let mut seen = 0;
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("parsing {} as YAML", file.display()))?;
+        for doc in docs.iter().filter(|d| {
+            d.get("kind").and_then(serde_json::Value::as_str) == Some("CustomResourceDefinition")
+        }) {
+            seen += 1;
+            let name = doc
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("<unnamed>");
+            let errors = certrotor::sim::kube::cel::crd_rule_errors(doc);
+            if errors.is_empty() {
+                println!("{}: {name}: validation rules accepted", file.display());
+            } else {
+                clean = false;
+                println!("{}: {name}: refused", file.display());
+                for e in errors {
+                    println!("  {e}");
+                }
+            }
+        }
+    }
+    if seen == 0 {
+        anyhow::bail!("no CustomResourceDefinition in {files:?}");
+    }
+    Ok(clean)
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     certrotor::api::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -124,7 +173,12 @@ async fn main() -> anyhow::Result<()> {
     // aws-lc-rs is the one crypto provider compiled in; say so explicitly for rustls.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Crd => print!("{}", certrotor::api::crds_yaml()),
+        Command::Crd { check } if check.is_empty() => print!("{}", certrotor::api::crds_yaml()),
+        Command::Crd { check } => {
+            if !check_crd_files(&check)? {
+                std::process::exit(1);
+            }
+        }
         Command::Demo { keep, timeout } => {
             certrotor::demo::run(certrotor::demo::DemoOptions {
                 keep,

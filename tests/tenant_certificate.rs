@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use certrotor::aic::{AicClient, ClientOptions, Credentials};
+use certrotor::api::TenantCertificate;
 use common::*;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 
 /// Tenant calls made for one resource, with the support team's certificate excluded.
 fn summarize(calls: &[String]) -> String {
@@ -506,6 +507,7 @@ async fn bad_local_input_stalls_without_tenant_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_csr_stalls_without_tenant_calls() {
+    // A current API server refuses it at apply time, with the CRD rule's message...
     let env = Env::start(sim_config()).await;
     let yaml = with_url(
         &tenant_yaml(
@@ -515,6 +517,26 @@ async fn wildcard_csr_stalls_without_tenant_calls() {
         ),
         &env,
     );
+    let obj: TenantCertificate = serde_saphyr::from_str(&yaml).unwrap();
+    match env.tcerts().create(&PostParams::default(), &obj).await {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message.ends_with("spec.csr.subjectAlternativeNames: Invalid value: \"array\": wildcard subjectAlternativeNames are rejected by the tenant"),
+            "{}",
+            s.message
+        ),
+        other => panic!("a wildcard SAN must be refused at apply: {other:?}"),
+    }
+    env.shutdown().await;
+    // ...and on a server without CEL rules (before 1.25) the operator refuses it itself.
+    let mut env = Env::new_with(
+        sim_config(),
+        certrotor::sim::kube::Options {
+            validation_rules: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    env.start_operator();
     env.apply(&yaml).await;
     assert_stalls_without_tenant_calls(&env, "wild", "WildcardSubjectAlternativeName").await;
     env.shutdown().await;

@@ -42,10 +42,12 @@ use super::{DURATION_RULE, SecretReference};
 #[serde(rename_all = "camelCase")]
 pub struct DeviceIdCredentialSpec {
     /// Regional base URL, e.g. https://us.device-identity-broker.services-edge.paloaltonetworks.com
+    #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("endpoint must be https:// (mutual TLS)"))]
     pub endpoint: String,
-    /// Optional PEM bundle of CAs to trust for the endpoint.
+    /// Optional PEM bundle of CAs to trust for the endpoint. At most 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub ca_bundle: Option<String>,
     /// `tls.crt`, `tls.key` and `apiKey` from onboarding in the Cloud Identity Engine console.
     pub onboarding_secret_ref: SecretReference,
@@ -61,6 +63,7 @@ pub struct DeviceIdCredentialSpec {
     pub secret_name: String,
     /// Refresh this long before `notAfter` (Go duration). Default: a third of the lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("renewBefore must be a duration such as 240h"))]
     pub renew_before: Option<String>,
     /// Refresh when this percentage of the lifetime remains (1-99).
@@ -76,19 +79,24 @@ pub struct DeviceIdCredentialSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DeviceIdSubject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub common_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub organization: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub organizational_unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("country must be two capital letters"))]
+    #[schemars(length(max = 2))]
     pub country: Option<String>,
 }
 
 #[derive(
     schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
+#[schemars(extend("maxLength" = 5))]
 pub enum KeyAlgorithm {
     #[default]
     ECDSA,

@@ -29,7 +29,8 @@ pub const MANAGER: &str = "certrotor";
 /// A Secret in the resource's own namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretReference {
-    #[schemars(length(min = 1))]
+    /// A Secret name: a DNS subdomain, at most 253 characters.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 

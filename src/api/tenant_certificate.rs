@@ -58,6 +58,7 @@ pub struct TenantCertificateSpec {
     /// Tenant mode: start a new CSR this long before `notAfter` (Go duration). Default 720h, or a
     /// third of the lifetime when that is shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("renewBefore must be a duration such as 720h or 1h30m"))]
     pub renew_before: Option<String>,
     /// What happens in the tenant when this resource is deleted. Default Retain.
@@ -77,18 +78,22 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
     /// Tenant environment base URL, e.g. https://openam-acme-use1.id.forgerock.io
+    #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("tenant url must be https:// (plain http only for loopback)"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("tenant.url is immutable: create a new TenantCertificate for another tenant (deletionPolicy applies to the old one)"))]
     pub url: String,
     /// Secret with `serviceAccountId` + `privateKey` (the JWK JSON), or `accessToken`.
     pub credentials_secret_ref: SecretReference,
-    /// Optional PEM bundle of CAs to trust for the tenant (proxies, simulators).
+    /// Optional PEM bundle of CAs to trust for the tenant (proxies, simulators). At most 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub ca_bundle: Option<String>,
 }
 
 #[derive(
     schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
+#[schemars(extend("maxLength" = 6))]
 pub enum KeySource {
     #[default]
     Local,
@@ -98,6 +103,7 @@ pub enum KeySource {
 #[derive(
     schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
+#[schemars(extend("maxLength" = 10))]
 pub enum DeletionPolicy {
     #[default]
     Retain,
@@ -109,6 +115,7 @@ pub enum DeletionPolicy {
     schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
 #[serde(rename_all = "lowercase")]
+#[schemars(extend("maxLength" = 5))]
 pub enum CsrAlgorithm {
     #[default]
     Rsa,
@@ -123,35 +130,50 @@ pub struct CsrSpec {
     #[x_kube(validation = Rule::new("!self.contains('*')").message("wildcards are not allowed"))]
     pub common_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub organization: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub organizational_unit: Option<String>,
     /// Two capital letters (ISO 3166-1 alpha-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("country must be two capital letters, e.g. US"))]
+    #[schemars(length(max = 2))]
     pub country: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub city: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub street_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
     pub postal_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub business_category: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub serial_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub jurisdiction_city: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub jurisdiction_state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("jurisdictionCountry must be two capital letters"))]
+    #[schemars(length(max = 2))]
     pub jurisdiction_country: Option<String>,
+    /// DNS names, at most 100 of at most 253 characters.
     #[serde(default)]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
     #[x_kube(validation = Rule::new("self.all(n, !n.contains('*'))").message("wildcard subjectAlternativeNames are rejected by the tenant"))]
     pub subject_alternative_names: Vec<String>,
     #[serde(default)]

@@ -52,11 +52,16 @@ pub fn sim_config() -> AicSimConfig {
 impl Env {
     /// Stand-in + CRDs + AIC simulator + credentials Secret; the operator is not started yet.
     pub async fn new(config: AicSimConfig) -> Env {
+        Self::new_with(config, certrotor::sim::kube::Options::default()).await
+    }
+
+    /// As `new`, on a stand-in with these options (e.g. a pre-1.25 server without CEL rules).
+    pub async fn new_with(config: AicSimConfig, options: certrotor::sim::kube::Options) -> Env {
         if std::env::var_os("RUST_LOG").is_some() {
             certrotor::telemetry::init(certrotor::telemetry::LogFormat::Text, "info");
         }
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let standin = StandIn::start("127.0.0.1:0".parse().unwrap())
+        let standin = StandIn::start_with("127.0.0.1:0".parse().unwrap(), options)
             .await
             .unwrap();
         let client = standin.client();

@@ -71,10 +71,15 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
+            // One cause reads as itself; several as a bracketed list, as Go's ErrorList prints.
             format!(
                 "{} \"{name}\" is invalid: {}",
                 group_kind(info),
-                causes.join(", ")
+                if causes.len() == 1 {
+                    causes[0].clone()
+                } else {
+                    format!("[{}]", causes.join(", "))
+                }
             ),
         )
         .with_details(info, name)

@@ -43,6 +43,7 @@
 //! validation rules, `managedFields`, pagination tokens, `resourceVersion` semantics on list and
 //! get (always the latest state), and every kind not listed above.
 
+pub mod cel;
 mod convert;
 mod discovery;
 mod error;
@@ -73,6 +74,10 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// How many changes watches can replay; older resourceVersions get 410 Gone.
     pub history_limit: usize,
+    /// CEL validation rules (`x-kubernetes-validations`), on by default as on every server
+    /// since 1.25. Off plays an older server, which ignores them: for testing what the
+    /// operator itself checks.
+    pub validation_rules: bool,
 }
 
 impl Default for Options {
@@ -80,6 +85,7 @@ impl Default for Options {
         Self {
             bookmark_interval: Duration::from_secs(30),
             history_limit: 4096,
+            validation_rules: true,
         }
     }
 }
@@ -209,7 +215,10 @@ impl StandIn {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let app = Arc::new(App {
-            state: RwLock::new(store::State::new(options.history_limit)),
+            state: RwLock::new(
+                store::State::new(options.history_limit)
+                    .with_validation_rules(options.validation_rules),
+            ),
             stats: Mutex::new(Stats::default()),
             audit: Mutex::new(Default::default()),
             shutdown: stopped.clone(),

@@ -7,9 +7,11 @@
 //! unless `x-kubernetes-preserve-unknown-fields: true` or `additionalProperties` is given;
 //! `apiVersion`, `kind` and `metadata` at the root are never pruned.
 //!
-//! Not validated: `format`, `pattern`, `minimum`/`maximum`, lengths and item counts,
-//! `oneOf`/`anyOf`/`allOf`/`not`, defaults (`default` is not applied), and CEL
-//! (`x-kubernetes-validations`) rules.
+//! Also validated, with the server's wording: `maxLength`/`minLength` (in characters),
+//! `maxItems`/`minItems`, `maxProperties`/`minProperties`, `minimum`/`maximum` (and their
+//! exclusive forms) and `pattern`. CEL rules (`x-kubernetes-validations`) are `super::cel`'s.
+//!
+//! Not validated: `format`, `uniqueItems`, `oneOf`/`anyOf`/`allOf`/`not`.
 
 use serde_json::Value;
 
@@ -159,12 +161,107 @@ fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
             listed.join(", ")
         ));
     }
+    check_bounds(schema, v, path, errors);
     match v {
         Value::Object(map) => check_object(schema, map, path, errors),
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
                     check(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn bound(schema: &Value, key: &str) -> Option<f64> {
+    schema.get(key).and_then(Value::as_f64)
+}
+
+/// Lengths, counts, ranges and patterns, worded as the API server words them.
+fn check_bounds(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    match v {
+        Value::String(s) => {
+            let len = s.chars().count() as f64;
+            if let Some(max) = bound(schema, "maxLength")
+                && len > max
+            {
+                errors.push(format!("{path}: Too long: may not be longer than {max}"));
+            }
+            if let Some(min) = bound(schema, "minLength")
+                && len < min
+            {
+                errors.push(format!(
+                    "{path}: Invalid value: {v}: {path} in body should be at least {min} chars long"
+                ));
+            }
+            if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+                match regex::Regex::new(pattern) {
+                    Ok(re) if re.is_match(s) => {}
+                    _ => errors.push(format!(
+                        "{path}: Invalid value: {v}: {path} in body should match '{pattern}'"
+                    )),
+                }
+            }
+        }
+        Value::Array(items) => {
+            let n = items.len() as f64;
+            if let Some(max) = bound(schema, "maxItems")
+                && n > max
+            {
+                errors.push(format!(
+                    "{path}: Too many: {n}: must have at most {max} items"
+                ));
+            }
+            if let Some(min) = bound(schema, "minItems")
+                && n < min
+            {
+                errors.push(format!(
+                    "{path}: Invalid value: {n}: {path} in body should have at least {min} items"
+                ));
+            }
+        }
+        Value::Object(map) => {
+            let n = map.len() as f64;
+            if let Some(max) = bound(schema, "maxProperties")
+                && n > max
+            {
+                errors.push(format!(
+                    "{path}: Too many: {n}: must have at most {max} items"
+                ));
+            }
+            if let Some(min) = bound(schema, "minProperties")
+                && n < min
+            {
+                errors.push(format!(
+                    "{path}: Invalid value: {n}: {path} in body should have at least {min} properties"
+                ));
+            }
+        }
+        Value::Number(x) => {
+            let x = x.as_f64().unwrap_or(f64::NAN);
+            let exclusive = |k: &str| schema.get(k).and_then(Value::as_bool).unwrap_or(false);
+            if let Some(max) = bound(schema, "maximum") {
+                if exclusive("exclusiveMaximum") && x >= max {
+                    errors.push(format!(
+                        "{path}: Invalid value: {v}: {path} in body should be less than {max}"
+                    ));
+                } else if x > max {
+                    errors.push(format!(
+                        "{path}: Invalid value: {v}: {path} in body should be less than or equal to {max}"
+                    ));
+                }
+            }
+            if let Some(min) = bound(schema, "minimum") {
+                if exclusive("exclusiveMinimum") && x <= min {
+                    errors.push(format!(
+                        "{path}: Invalid value: {v}: {path} in body should be greater than {min}"
+                    ));
+                } else if x < min {
+                    errors.push(format!(
+                        "{path}: Invalid value: {v}: {path} in body should be greater than or equal to {min}"
+                    ));
                 }
             }
         }
@@ -259,5 +356,39 @@ mod tests {
         assert!(text.contains("spec.labels.a: Invalid value"), "{text}");
         assert!(text.contains("spec.host: Required value"), "{text}");
         assert_eq!(errors.len(), 5);
+    }
+
+    #[test]
+    fn bounds_are_enforced_with_the_servers_wording() {
+        let schema = json!({"type": "object", "properties": {
+            "s": {"type": "string", "maxLength": 3, "minLength": 2},
+            "p": {"type": "string", "pattern": "^[a-z]+$"},
+            "l": {"type": "array", "maxItems": 1, "items": {"type": "string"}},
+            "m": {"type": "object", "maxProperties": 1, "additionalProperties": {"type": "string"}},
+            "i": {"type": "integer", "minimum": 1, "maximum": 20}}});
+        let mut ok = json!({"s": "ab", "p": "abc", "l": ["x"], "m": {"a": "b"}, "i": 20});
+        assert!(validate_and_prune(&schema, &mut ok).is_empty());
+        let mut bad =
+            json!({"s": "abcd", "p": "A", "l": ["x", "y"], "m": {"a": "b", "c": "d"}, "i": 21});
+        let errors = validate_and_prune(&schema, &mut bad);
+        assert_eq!(
+            errors,
+            vec![
+                "i: Invalid value: 21: i in body should be less than or equal to 20",
+                "l: Too many: 2: must have at most 1 items",
+                "m: Too many: 2: must have at most 1 items",
+                "p: Invalid value: \"A\": p in body should match '^[a-z]+$'",
+                "s: Too long: may not be longer than 3",
+            ]
+        );
+        let mut short = json!({"s": "a", "i": 0});
+        let errors = validate_and_prune(&schema, &mut short);
+        assert_eq!(
+            errors,
+            vec![
+                "i: Invalid value: 0: i in body should be greater than or equal to 1",
+                "s: Invalid value: \"a\": s in body should be at least 2 chars long",
+            ]
+        );
     }
 }

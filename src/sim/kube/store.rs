@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use super::cel;
 use super::convert;
 use super::error::ApiError;
 use super::patch;
@@ -63,6 +64,8 @@ pub struct State {
     objects: HashMap<String, BTreeMap<ObjectKey, Arc<Value>>>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
+    /// Whether CEL validation rules are checked (CRDs) and evaluated (objects).
+    validation_rules: bool,
     /// The newest rv whose change has been dropped from `history`: watches must start after it.
     compacted: u64,
     tx: broadcast::Sender<Arc<Change>>,
@@ -124,6 +127,11 @@ fn random_suffix() -> String {
 }
 
 impl State {
+    pub fn with_validation_rules(mut self, on: bool) -> Self {
+        self.validation_rules = on;
+        self
+    }
+
     pub fn new(history_limit: usize) -> Self {
         let (tx, _) = broadcast::channel(4096);
         let mut s = Self {
@@ -132,6 +140,7 @@ impl State {
             objects: HashMap::new(),
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            validation_rules: true,
             compacted: 0,
             tx,
         };
@@ -271,7 +280,14 @@ impl State {
     }
 
     /// Validation and pruning against a CRD schema, then the per-kind normalisations.
-    fn admit(&self, info: &ResourceInfo, obj: &mut Value, name: &str) -> Result<(), ApiError> {
+    /// `old` is the stored object on an update, for transition rules (`oldSelf`).
+    fn admit(
+        &self,
+        info: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let errors = metadata_errors(obj);
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, &errors));
@@ -281,10 +297,17 @@ impl State {
             fold_string_data(obj);
         }
         if info.key() == "apiextensions.k8s.io/customresourcedefinitions" {
-            validate_crd(info, obj, name)?;
+            validate_crd(info, obj, name, self.validation_rules)?;
         }
         if let Some(schema) = info.schema(&info.versions[0]) {
-            let errors = schema::validate_and_prune(schema, obj);
+            let mut errors = schema::validate_and_prune(schema, obj);
+            // As on the server, CEL rules run unless a type or enum error makes them moot.
+            let blocking = errors
+                .iter()
+                .any(|e| e.contains("must be of type") || e.contains("Unsupported value"));
+            if !blocking && self.validation_rules {
+                errors.extend(cel::validate_rules(schema, obj, old));
+            }
             if !errors.is_empty() {
                 return Err(ApiError::invalid(info, name, &errors));
             }
@@ -356,7 +379,7 @@ impl State {
                 o.remove("status");
             }
         }
-        self.admit(info, &mut obj, &name)?;
+        self.admit(info, &mut obj, None, &name)?;
         let meta = &mut obj["metadata"];
         meta["name"] = Value::String(name.clone());
         if info.namespaced {
@@ -439,7 +462,7 @@ impl State {
         let live_served = convert::serve(info, &info.versions[0], &live).into_owned();
         check_preconditions(info, name, &new, &live_served)?;
         keep_server_owned(info, &mut new, &live_served, status);
-        self.admit(info, &mut new, name)?;
+        self.admit(info, &mut new, Some(&live_served), name)?;
         check_no_new_finalizers(info, name, &new, &live_served)?;
         if generation_relevant(&new, info.status_subresource)
             != generation_relevant(&live_served, info.status_subresource)
@@ -836,7 +859,12 @@ fn apply_schema(info: &ResourceInfo) -> Value {
 }
 
 /// A CRD's name must be `<plural>.<group>`, as the real server requires.
-fn validate_crd(info: &ResourceInfo, crd: &Value, name: &str) -> Result<(), ApiError> {
+fn validate_crd(
+    info: &ResourceInfo,
+    crd: &Value,
+    name: &str,
+    validation_rules: bool,
+) -> Result<(), ApiError> {
     let custom = resources::from_crd(crd).ok_or_else(|| {
         ApiError::invalid(
             info,
@@ -853,6 +881,15 @@ fn validate_crd(info: &ResourceInfo, crd: &Value, name: &str) -> Result<(), ApiE
                 "metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
             )],
         ));
+    }
+    // CEL rules must compile and stay within the cost budget, with every input bounded.
+    let errors = if validation_rules {
+        cel::crd_rule_errors(crd)
+    } else {
+        Vec::new()
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(info, name, &errors));
     }
     Ok(())
 }
