@@ -825,3 +825,38 @@ async fn rsa_private_key_is_generated_as_asked() {
     assert!(subject.contains("CN=acme"), "{subject}");
     env.shutdown().await;
 }
+
+/// GitOps applies the renew annotation together with the resource: the first refresh consumes
+/// it, so it costs no second `cert:refresh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_annotation_present_at_creation_is_consumed_by_the_first_refresh() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    let mut obj = env.manifest("gitops", "onboarding", "");
+    obj.metadata.annotations = Some(
+        [(api::RENEW_ANNOTATION.to_string(), "2026-11-01".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    env.didcs()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let d = env.wait_for("gitops", 30, "Ready", is_ready).await;
+    assert_eq!(
+        status(&d).last_renew_request.as_deref(),
+        Some("2026-11-01"),
+        "the first refresh records the annotation it served"
+    );
+    env.assert_quiet(3).await;
+    assert_eq!(env.cert_refreshes().len(), 1, "one refresh, not two");
+    // A new value is a new request.
+    env.annotate("gitops", api::RENEW_ANNOTATION, "2026-11-02")
+        .await;
+    env.wait_for("gitops", 30, "renewed", |d| {
+        status(d).last_renew_request.as_deref() == Some("2026-11-02")
+    })
+    .await;
+    assert_eq!(env.cert_refreshes().len(), 2);
+    env.shutdown().await;
+}

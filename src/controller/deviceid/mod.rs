@@ -322,6 +322,11 @@ impl Run<'_> {
             .await?;
 
         let previous = plan::record_cert_attempt(&mut self.status, self.now);
+        plan::consume_renew_request(
+            &mut self.status,
+            reason,
+            api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
+        );
         let recorded = Instant::now();
         self.write_status().await?;
         if recorded.elapsed() > budget::MAX_RECORD_TO_SEND {

@@ -469,6 +469,22 @@ pub enum Outcome {
 /// Bookkeeping before a `cert:refresh`: the attempt and the unconfirmed marker, to be persisted
 /// before the call. Returns the previous marker, which a call that certainly did not issue
 /// anything puts back.
+/// A refresh made for another reason (the first one, or one for an expired certificate) also
+/// serves a renew request pending when the attempt is recorded: the certificate it brings is
+/// newer than the request. GitOps often applies the annotation together with the resource, and
+/// it must not cost a second `cert:refresh`. Recorded with the attempt, so a crash after the call
+/// cannot turn it into another call. A `RenewRequested` refresh consumes its value by outcome
+/// (the executor: success, unknown or rejected), so that a 409 or 429 leaves it pending.
+pub fn consume_renew_request(
+    status: &mut DeviceIdCredentialStatus,
+    reason: &str,
+    renew_annotation: Option<&str>,
+) {
+    if reason != "RenewRequested" && renew_annotation.is_some() {
+        status.last_renew_request = renew_annotation.map(str::to_string);
+    }
+}
+
 pub fn record_cert_attempt(
     status: &mut DeviceIdCredentialStatus,
     now: Timestamp,

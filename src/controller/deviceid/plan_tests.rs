@@ -737,3 +737,24 @@ mod model {
         assert_eq!(w.output.as_ref().map(|o| o.0.as_str()), Some("n7"));
     }
 }
+
+#[test]
+fn a_first_refresh_consumes_a_renew_request_present_at_creation() {
+    let mut c = Case::new(0);
+    c.annotation = Some("applied-with-the-resource");
+    assert_eq!(reason(&c.plan().step), "Initial");
+    record_cert_attempt(&mut c.status, at(0));
+    consume_renew_request(&mut c.status, "Initial", c.annotation);
+    // The certificate arrives (the call is confirmed): the annotation is not a second request.
+    c.status.unconfirmed_refresh = None;
+    let c = c.published(0, 30 * DAY);
+    assert_eq!(reason(&c.plan().step), "Valid");
+    // Without the consumption it would have been one (the bug this guards against).
+    let mut unconsumed = Case::new(DAY).published(0, 30 * DAY);
+    unconsumed.annotation = Some("applied-with-the-resource");
+    assert_eq!(reason(&unconsumed.plan().step), "RenewRequested");
+    // A RenewRequested refresh leaves it to the outcome (a 409 or 429 keeps it pending).
+    let mut later = DeviceIdCredentialStatus::default();
+    consume_renew_request(&mut later, "RenewRequested", Some("v2"));
+    assert_eq!(later.last_renew_request, None);
+}
