@@ -99,6 +99,10 @@ impl LabelSelector {
     }
 
     /// Matches against `metadata.labels` of an object.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
@@ -140,6 +144,10 @@ impl FieldSelector {
             })
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, object: &Value) -> bool {

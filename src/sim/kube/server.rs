@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State as AxumState};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, broadcast, mpsc};
 
@@ -19,7 +20,7 @@ use super::error::ApiError;
 use super::protobuf;
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{Change, ChangeKind, Deleted, PatchKind, State};
+use super::store::{self, Change, ChangeKind, Deleted, PatchKind, State};
 use super::table;
 use super::{Stats, Verb};
 
@@ -313,23 +314,100 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_response(200, &req.render(&obj)))
 }
 
+/// A `continue` token: the snapshot a paged list reads and the last key it returned, as the
+/// real server encodes it (base64 JSON).
+fn continue_token(rv: u64, last: &store::ObjectKey) -> String {
+    let start = if last.0.is_empty() {
+        last.1.clone()
+    } else {
+        format!("{}/{}", last.0, last.1)
+    };
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{start}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
+}
+
+fn parse_continue(token: &str, namespaced: bool) -> Result<(u64, store::ObjectKey), ApiError> {
+    let invalid = |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| invalid("not base64"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| invalid("not JSON"))?;
+    let rv = v
+        .get("rv")
+        .and_then(Value::as_u64)
+        .filter(|rv| *rv > 0)
+        .ok_or_else(|| invalid("incorrect encoded start resourceVersion"))?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .map(|s| s.trim_end_matches('\u{0}'))
+        .ok_or_else(|| invalid("no start key"))?;
+    let key = match start.split_once('/') {
+        Some((ns, name)) if namespaced => (ns.to_string(), name.to_string()),
+        _ => (String::new(), start.to_string()),
+    };
+    Ok((rv, key))
+}
+
 async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     let (labels, fields) = req.selectors()?;
+    let limit = match req.query.get("limit").map(String::as_str) {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+    };
+    let after = match req.query.get("continue").map(String::as_str) {
+        None | Some("") => None,
+        Some(token) => Some(parse_continue(token, req.info.namespaced)?),
+    };
     let (objects, rv) = {
         let state = app.state.read().await;
-        (state.list(&req.info, req.ns()), state.resource_version())
+        match &after {
+            // A continuation reads the first page's snapshot, or answers 410 once it is gone.
+            Some((snapshot, _)) => match state.list_at(&req.info, req.ns(), *snapshot) {
+                Some(objects) => (objects, *snapshot),
+                None => {
+                    return Err(ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ));
+                }
+            },
+            None => (state.list(&req.info, req.ns()), state.resource_version()),
+        }
     };
-    let served: Vec<Cow<'_, Value>> = objects
+    let start = after.as_ref().map(|(_, key)| key);
+    let mut matching = objects
         .iter()
+        .filter(|o| start.is_none_or(|k| store::object_key(o) > *k))
         .map(|o| convert::serve(&req.info, req.version(), o))
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .collect();
+        .filter(|o| labels.matches(o) && fields.matches(o));
+    let served: Vec<Cow<'_, Value>> = if limit > 0 {
+        matching.by_ref().take(limit).collect()
+    } else {
+        matching.by_ref().collect()
+    };
+    let remaining = matching.count();
+    let mut list_meta = json!({"resourceVersion": rv.to_string()});
+    if remaining > 0
+        && let Some(last) = served.last()
+    {
+        list_meta["continue"] = json!(continue_token(rv, &store::object_key(last)));
+        // As etcd reports it: only when no selector filtered the list.
+        if labels.is_empty() && fields.is_empty() {
+            list_meta["remainingItemCount"] = json!(remaining);
+        }
+    }
     let body = match req.repr {
-        Repr::Table => table::table(&req.info, req.version(), &served, Some(rv)),
+        Repr::Table => {
+            let mut t = table::table(&req.info, req.version(), &served, Some(rv));
+            t["metadata"] = list_meta;
+            t
+        }
         Repr::Metadata => json!({
             "apiVersion": "meta.k8s.io/v1",
             "kind": "PartialObjectMetadataList",
-            "metadata": {"resourceVersion": rv.to_string()},
+            "metadata": list_meta,
             "items": served.iter().map(|o| metadata_only(o)).collect::<Vec<_>>(),
         }),
         Repr::Full => {
@@ -337,7 +415,7 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
             let head = json!({
                 "apiVersion": req.info.api_version(req.version()),
                 "kind": format!("{}List", req.info.kind),
-                "metadata": {"resourceVersion": rv.to_string()},
+                "metadata": list_meta,
             });
             let mut out = serde_json::to_vec(&head).unwrap_or_default();
             out.pop(); // the closing brace

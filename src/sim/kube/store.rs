@@ -36,7 +36,7 @@ pub struct Change {
 }
 
 /// `(namespace or "", name)`.
-type ObjectKey = (String, String);
+pub type ObjectKey = (String, String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchKind {
@@ -76,6 +76,14 @@ pub fn now_rfc3339() -> String {
         .round(jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+/// `(namespace or "", name)` of a stored object.
+pub fn object_key(obj: &Value) -> ObjectKey {
+    (
+        meta_str(obj, "namespace").unwrap_or_default().to_string(),
+        meta_str(obj, "name").unwrap_or_default().to_string(),
+    )
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -221,6 +229,47 @@ impl State {
                 .collect(),
             None => m.values().cloned().collect(),
         }
+    }
+
+    /// All objects of a resource (in `ns`, or all namespaces) as they were at resourceVersion
+    /// `snapshot`, in key order: the consistent view a paged list continues from. The changes
+    /// since `snapshot` are undone from the history; `None` when it no longer reaches back that
+    /// far (the server's etcd has compacted it: the continue token has expired).
+    pub fn list_at(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        snapshot: u64,
+    ) -> Option<Vec<Arc<Value>>> {
+        if snapshot >= self.rv {
+            return Some(self.list(info, ns));
+        }
+        if snapshot < self.compacted {
+            return None;
+        }
+        let ns = ns.filter(|_| info.namespaced);
+        let mut view: BTreeMap<ObjectKey, Arc<Value>> = self
+            .list(info, ns)
+            .into_iter()
+            .map(|o| (object_key(&o), o))
+            .collect();
+        for change in self.history.iter().rev() {
+            if change.rv <= snapshot {
+                break;
+            }
+            if change.storage != info.storage {
+                continue;
+            }
+            let key = object_key(&change.object);
+            if ns.is_some_and(|ns| ns != key.0) {
+                continue;
+            }
+            match &change.previous {
+                Some(before) => view.insert(key, before.clone()),
+                None => view.remove(&key),
+            };
+        }
+        Some(view.into_values().collect())
     }
 
     /// Stores (or, with `None`, removes) an object under a new resourceVersion and publishes the
