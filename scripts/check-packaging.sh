@@ -2,7 +2,9 @@
 # Checks the Helm chart, the kustomize base and the Argo CD health checks:
 # helm lint, helm template (defaults and tests/packaging/all-options.yaml), kubectl kustomize deploy/,
 # the CRDs' CEL rules on every install path (certrotor crd --check), checkov on everything
-# rendered and on the Dockerfile, hadolint, yamllint, the Lua health-check tests, and RBAC exactness.
+# rendered and on the Dockerfile, hadolint, yamllint, the Lua health-check tests, RBAC exactness, and
+# the Grafana dashboard (charts/certrotor/dashboards/): its ConfigMap renders, it queries only the
+# metrics docs/metrics.md lists.
 # Needs python3 (3.11) with pip and the package registries; installs the rest with scripts/ci-tools.sh.
 #
 #   scripts/check-packaging.sh            run every check; the last line counts passed and failed
@@ -106,11 +108,19 @@ versions_agree() {
     echo "Cargo.toml $crate, Chart.yaml appVersion $chart, Dockerfile VERSION $image"
     [ -n "$crate" ] && [ "$crate" = "$chart" ] && [ "$crate" = "$image" ]
 }
+# grafana.dashboards.enabled renders the dashboard ConfigMap for Grafana's sidecar.
+dashboard_configmap_renders() {
+    helm template certrotor "$CHART" --namespace certrotor-system --set grafana.dashboards.enabled=true \
+        --show-only templates/dashboard-configmap.yaml >"$OUT/dashboard.yaml" || return 1
+    grep -q '^kind: ConfigMap$' "$OUT/dashboard.yaml" && grep -q 'grafana_dashboard: "1"' "$OUT/dashboard.yaml" &&
+        grep -q '^  certrotor.json: ' "$OUT/dashboard.yaml" && grep -q '"uid": "certrotor"' "$OUT/dashboard.yaml" &&
+        echo "dashboard ConfigMap rendered with grafana_dashboard and certrotor.json"
+}
 run_yamllint() {
     yamllint --strict -c tests/packaging/yamllint.yaml \
         "$CHART/Chart.yaml" "$CHART/values.yaml" tests/packaging/*.yaml \
         deploy/kustomization.yaml deploy/base/kustomization.yaml deploy/base/namespace.yaml \
-        deploy/base/values.yaml deploy/argocd/ deploy/examples/ && echo "yamllint: clean"
+        deploy/base/values.yaml deploy/argocd/ deploy/examples/ deploy/krew/ && echo "yamllint: clean"
 }
 
 check "chart CRDs equal crds/certrotor.yaml" same_file crds/certrotor.yaml "$CHART/crds/certrotor.yaml"
@@ -135,6 +145,8 @@ check "RBAC is exactly the operator's calls" \
     "$PY" tests/packaging/check_rbac.py "$OUT/helm-default.yaml" "$OUT/helm-all-options.yaml" "$OUT/kustomize.yaml"
 check "RBAC tests" "$PY" tests/packaging/test_rbac.py
 check "Argo CD health checks (Lua)" "$PY" tests/packaging/test_argocd_health.py
+check "Grafana dashboard ConfigMap renders" dashboard_configmap_renders
+check "Grafana dashboard queries only emitted metrics" "$PY" tests/packaging/test_dashboard.py
 
 for name in "${failures[@]}"; do echo "failed: $name"; done
 echo "packaging: $passed passed, $failed failed"

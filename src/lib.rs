@@ -5,6 +5,7 @@
 pub mod aic;
 pub mod api;
 pub mod cie;
+pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod ops;

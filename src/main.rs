@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use certrotor::telemetry::{self, LogFormat};
 
@@ -18,6 +18,8 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    kube: certrotor::cli::KubeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +49,10 @@ enum Command {
     /// Run a tenant simulator on its own.
     #[command(subcommand)]
     Sim(SimCommand),
+    #[command(flatten)]
+    Day2(certrotor::cli::Day2),
+    /// Print a shell completion script: `source <(certrotor completion bash)`.
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Args, Debug)]
@@ -160,9 +166,67 @@ fn duration(s: &str) -> Result<Duration, String> {
     certrotor::api::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Installed as `kubectl-certrotor`, the binary is kubectl's plugin: `kubectl certrotor …`.
+const PLUGIN_NAME: &str = "kubectl-certrotor";
+
+/// The command line, named as it was invoked. A usage error is one line and exit code 2.
+fn parse() -> Cli {
+    let invoked = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let mut command = Cli::command();
+    if invoked == PLUGIN_NAME {
+        command = command
+            .name("kubectl certrotor")
+            .bin_name("kubectl certrotor");
+    }
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            let rendered = e.to_string();
+            eprintln!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: bad arguments")
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
+    if let Command::Completion { shell } = cli.command {
+        let mut command = Cli::command();
+        clap_complete::generate(shell, &mut command, "certrotor", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Day2(day2) = cli.command {
+        telemetry::init(cli.log_format, "warn");
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let code = match certrotor::cli::run(day2, cli.kube).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     // The demo tells its own story on stdout; logs only for what goes wrong.
     let default_level = if matches!(cli.command, Command::Demo { .. }) {
         "warn"
@@ -210,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Day2(_) | Command::Completion { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

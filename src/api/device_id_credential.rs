@@ -29,7 +29,18 @@ use super::{DURATION_RULE, SecretReference};
     printcolumn(
         name = "Reason",
         type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(
+        name = "Next Attempt",
+        type_ = "string",
+        json_path = ".status.nextAttemptTime",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
         priority = "1"
     ),
     printcolumn(
