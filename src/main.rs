@@ -95,6 +95,16 @@ struct RunArgs {
     /// Watch only these namespaces (comma-separated); every namespace when empty.
     #[arg(long, env = "CERTROTOR_NAMESPACES", default_value = "")]
     namespaces: String,
+    /// Reconcile only TenantCertificates and DeviceIdCredentials whose labels match this
+    /// selector (e.g. `certrotor.io/shard=a`). Several deployments, each with its own Lease
+    /// (`--lease-name`) and a disjoint selector, split one cluster's resources between them.
+    #[arg(long, env = "CERTROTOR_SELECTOR")]
+    selector: Option<String>,
+    /// Requests per second to one AIC tenant at most, for all its certificates together (a
+    /// token bucket holding a second's worth, beside the 4-in-flight limit); 0 turns it off.
+    /// A 429's Retry-After holds every call to that tenant.
+    #[arg(long, env = "CERTROTOR_TENANT_RATE_LIMIT", default_value_t = certrotor::controller::DEFAULT_TENANT_RATE_LIMIT)]
+    tenant_rate_limit: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +119,9 @@ enum SimCommand {
         /// Write a ready-to-apply credentials Secret manifest here (else print it).
         #[arg(long, env = "CERTROTOR_SIM_CREDENTIALS_OUT")]
         credentials_out: Option<std::path::PathBuf>,
+        /// Requests per second the tenant accepts; beyond it, 429 with Retry-After.
+        #[arg(long, env = "CERTROTOR_SIM_RATE_LIMIT")]
+        rate_limit: Option<f64>,
     },
     /// Prisma Access CIE Third-Party Device-ID simulator (HTTPS, client certificates required).
     Cie {
@@ -160,6 +173,26 @@ fn check_crd_files(files: &[std::path::PathBuf]) -> anyhow::Result<bool> {
         anyhow::bail!("no CustomResourceDefinition in {files:?}");
     }
     Ok(clean)
+}
+
+/// A selector the API server refuses would leave the watches retrying forever: ask once at
+/// start-up, where the namespaces say we may list, and fail with the server's answer.
+async fn check_selector(
+    client: &kube::Client,
+    namespaces: &[String],
+    selector: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use certrotor::api::TenantCertificate;
+    use kube::api::{Api, ListParams};
+    let api: Api<TenantCertificate> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    api.list_metadata(&ListParams::default().labels(selector).limit(1))
+        .await
+        .map(|_| ())
+        .with_context(|| format!("--selector {selector:?}"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -256,9 +289,11 @@ async fn main() -> anyhow::Result<()> {
             listen,
             live_delay,
             credentials_out,
+            rate_limit,
         }) => {
             let config = certrotor::sim::aic::AicSimConfig {
                 live_delay,
+                rate_limit,
                 ..Default::default()
             };
             certrotor::sim::aic::run_cli(listen, config, credentials_out).await?;
@@ -311,6 +346,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 resync: args.resync,
             },
             concurrency: args.concurrency,
+            selector: args.selector.clone().filter(|s| !s.trim().is_empty()),
+            tenant_rate_limit: args.tenant_rate_limit.max(0.0),
             ..Default::default()
         },
         leader,
@@ -321,6 +358,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin server to {}", args.metrics_addr))?;
     let client = kube_client().await?;
+    if let Some(selector) = &operator.options.selector {
+        check_selector(&client, &operator.namespaces, selector).await?;
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "certrotor starting");
     ops::run(client, operator, admin, shutdown_signal()).await?;
     tracing::info!("certrotor stopped");

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 
 struct Operator {
     child: Child,
@@ -15,7 +15,16 @@ struct Operator {
 
 impl Operator {
     fn spawn(kubeconfig: &std::path::Path) -> Operator {
-        let child = Command::new(env!("CARGO_BIN_EXE_certrotor"))
+        Self::spawn_with(kubeconfig, &[], "")
+    }
+
+    /// With more `run` flags, and `POD_NAME` (the Events' reportingInstance) when not empty.
+    fn spawn_with(kubeconfig: &std::path::Path, extra: &[&str], pod_name: &str) -> Operator {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_certrotor"));
+        if !pod_name.is_empty() {
+            cmd.env("POD_NAME", pod_name);
+        }
+        let child = cmd
             .args([
                 "run",
                 "--live-poll-min",
@@ -31,6 +40,7 @@ impl Operator {
                 "--lease-duration",
                 "2s",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -513,4 +523,91 @@ async fn wait_device_refreshes(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `--selector` splits one cluster's resources between deployments, each with its own Lease:
+/// two operator processes with disjoint selectors over 200 resources, each reconciled by exactly
+/// one of them (the one whose instance name is on all of its Events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disjoint_selectors_partition_the_resources() {
+    let env = Env::new(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    env.standin.write_kubeconfig(&kubeconfig).unwrap();
+    // A selector the API server refuses stops the operator at start-up with its answer.
+    let refused = Command::new(env!("CARGO_BIN_EXE_certrotor"))
+        .args([
+            "run",
+            "--selector",
+            "shard in (a",
+            "--leader-election=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--selector"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let shard_a = Operator::spawn_with(
+        &kubeconfig,
+        &[
+            "--selector",
+            "certrotor.io/shard=a",
+            "--lease-name",
+            "certrotor-a",
+        ],
+        "operator-a",
+    );
+    let shard_b = Operator::spawn_with(
+        &kubeconfig,
+        &[
+            "--selector",
+            "certrotor.io/shard=b",
+            "--lease-name",
+            "certrotor-b",
+        ],
+        "operator-b",
+    );
+    let names: Vec<(String, &str)> = (0..200)
+        .map(|i| (format!("cert-{i:03}"), if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    for (name, shard) in &names {
+        let (chain, key) = env.issue(&[&format!("{name}.example.com")], 90);
+        env.put_tls(&format!("{name}-tls"), &chain, &key).await;
+        let yaml = with_url(&local_yaml(name, &format!("{name}-tls"), ""), &env).replace(
+            &format!("metadata: {{name: {name}, namespace: {NS}}}"),
+            &format!(
+                "metadata: {{name: {name}, namespace: {NS}, labels: {{certrotor.io/shard: {shard}}}}}"
+            ),
+        );
+        env.apply(&yaml).await;
+    }
+    for (name, _) in &names {
+        env.wait_for(name, 120, "Ready=True", is_ready).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), NS);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    for (name, shard) in &names {
+        let reporters: std::collections::BTreeSet<String> = events
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+            .filter_map(|e| e.reporting_instance.clone())
+            .collect();
+        assert_eq!(
+            reporters,
+            [format!("operator-{shard}")].into_iter().collect(),
+            "{name} (shard {shard}) was reconciled by {reporters:?}"
+        );
+    }
+    // One upload per certificate: neither operator touched the other's.
+    assert_eq!(ours(&env).len(), 200);
+    shard_a.stop();
+    shard_b.stop();
+    env.shutdown().await;
 }

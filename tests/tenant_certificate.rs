@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use certrotor::aic::{AicClient, ClientOptions, Credentials};
 use certrotor::api::TenantCertificate;
+use certrotor::controller::Options;
+use certrotor::sim::aic::AicSimConfig;
 use common::*;
 use kube::api::{Patch, PatchParams, PostParams};
 
@@ -751,4 +753,54 @@ async fn tenant_mode_starts_a_new_csr_when_renewal_is_due_and_rotates() {
     );
     assert!(t.status.unwrap().pending.is_none());
     env.shutdown().await;
+}
+
+/// A tenant that answers 429 beyond 8 requests per second, and a fleet on it. With the
+/// operator's per-tenant limit below the tenant's, the tenant never has to say 429; without
+/// it, the tenant does, and every certificate still gets Ready (Retry-After honoured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_rate_limit_keeps_a_fleet_under_the_tenants_limit() {
+    for (operator_limit, expect_429) in [(6.0, false), (0.0, true)] {
+        let mut env = Env::new(AicSimConfig {
+            rate_limit: Some(8.0),
+            ..sim_config()
+        })
+        .await;
+        env.start_operator_with(Options {
+            tenant_rate_limit: operator_limit,
+            ..fast_options()
+        });
+        let names: Vec<String> = (0..12).map(|i| format!("fleet-{i}")).collect();
+        for name in &names {
+            let (chain, key) = env.issue(&[&format!("{name}.example.com")], 90);
+            env.put_tls(&format!("{name}-tls"), &chain, &key).await;
+            env.apply(&with_url(
+                &local_yaml(name, &format!("{name}-tls"), ""),
+                &env,
+            ))
+            .await;
+        }
+        for name in &names {
+            let t = env.wait_for(name, 90, "Ready=True", is_ready).await;
+            let status = t.status.unwrap();
+            assert!(
+                !certrotor::api::is_true(&status.conditions, certrotor::api::STALLED),
+                "{name}"
+            );
+        }
+        let answered_429 = env.aic.calls().iter().filter(|c| c.status == 429).count();
+        let calls = env.aic.calls().len();
+        println!(
+            "operator limit {operator_limit}/s against a tenant limited to 8/s: {calls} calls, {answered_429} answered 429"
+        );
+        if expect_429 {
+            assert!(answered_429 > 0, "the tenant's limit was never reached");
+        } else {
+            assert_eq!(
+                answered_429, 0,
+                "the operator stayed under the tenant's limit"
+            );
+        }
+        env.shutdown().await;
+    }
 }

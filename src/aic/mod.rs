@@ -7,6 +7,7 @@
 //! after an ambiguous failure the controller lists and adopts instead of creating twice.
 
 mod error;
+pub mod limit;
 mod retry;
 mod token;
 mod types;
@@ -44,6 +45,8 @@ pub struct ClientOptions {
     /// Requests in flight to this tenant at most, so one slow tenant ties up only its own share
     /// of the reconcilers' time and a burst of resources does not hammer one tenant.
     pub max_in_flight: usize,
+    /// Requests per second to this tenant at most (shared by every client of the tenant).
+    pub limiter: Option<Arc<limit::RateLimiter>>,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +57,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             assertion_lifetime: Duration::from_secs(180),
             max_in_flight: 4,
+            limiter: None,
         }
     }
 }
@@ -380,6 +384,9 @@ impl AicClient {
             if let Some(body) = &body {
                 request = request.json(body);
             }
+            if let Some(limiter) = &self.options.limiter {
+                limiter.acquire().await;
+            }
             let permit = self
                 .in_flight
                 .acquire()
@@ -404,6 +411,10 @@ impl AicClient {
                 refreshed_token = true;
                 *self.token.lock().await = None;
                 continue;
+            }
+            if let (AicError::RateLimited { .. }, Some(limiter)) = (&err, &self.options.limiter) {
+                // The tenant is busy for everyone: hold every caller, not only this one.
+                limiter.pause_for(err.retry_after().unwrap_or(Duration::from_secs(1)));
             }
             let retryable = match &err {
                 AicError::RateLimited { .. } => true,
@@ -475,6 +486,9 @@ impl AicClient {
                 ("assertion", jwt.as_str()),
                 ("scope", SCOPE),
             ];
+            if let Some(limiter) = &self.options.limiter {
+                limiter.acquire().await;
+            }
             let started = Instant::now();
             let obtained = Instant::now();
             let result = match self.http.post(url.clone()).form(&form).send().await {

@@ -92,10 +92,14 @@ impl Env {
     }
 
     pub fn start_operator(&mut self) {
+        self.start_operator_with(fast_options());
+    }
+
+    pub fn start_operator_with(&mut self, options: Options) {
         let (tx, rx) = oneshot::channel::<()>();
         let client = self.client.clone();
         self.operator = Some(tokio::spawn(async move {
-            certrotor::controller::run(client, fast_options(), None, async move {
+            certrotor::controller::run(client, options, None, async move {
                 let _ = rx.await;
             })
             .await;

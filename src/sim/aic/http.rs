@@ -91,6 +91,23 @@ fn injected_fault(inner: &Inner) -> Option<Response> {
     None
 }
 
+/// Beyond the tenant's request rate (every route, tokens included): 429 with the whole seconds
+/// until a request would be accepted.
+fn rate_limited(inner: &Inner) -> Option<Response> {
+    let limit = inner.limit.as_ref()?;
+    let wait = limit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(std::time::Instant::now())
+        .err()?;
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Some(response)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -140,10 +157,12 @@ async fn front_door(State(inner): Shared, request: Request, next: Next) -> Respo
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let early = if path.starts_with("/environment") {
-        injected_fault(&inner).or_else(|| authorize(&inner, &request))
-    } else {
-        None
+    let early = match rate_limited(&inner) {
+        Some(response) => Some(response),
+        None if path.starts_with("/environment") => {
+            injected_fault(&inner).or_else(|| authorize(&inner, &request))
+        }
+        None => None,
     };
     let response = match early {
         Some(response) => response,

@@ -37,6 +37,9 @@ pub struct AicSimConfig {
     pub scopes: Vec<String>,
     /// Start with an active, live certificate added by the vendor's support team.
     pub support_certificate: bool,
+    /// Requests per second this tenant accepts (a bucket holding a second's worth); beyond it,
+    /// 429 with `Retry-After`. None: unlimited (AIC documents no limit).
+    pub rate_limit: Option<f64>,
 }
 
 impl Default for AicSimConfig {
@@ -48,6 +51,7 @@ impl Default for AicSimConfig {
             latency: Duration::ZERO,
             scopes: vec![token::SCOPE_ALL.to_owned(), token::SCOPE_READ.to_owned()],
             support_certificate: true,
+            rate_limit: None,
         }
     }
 }
@@ -270,6 +274,8 @@ struct Inner {
     knobs: Knobs,
     ca: Ca,
     state: Mutex<State>,
+    /// The tenant's request-rate limit, when it has one.
+    limit: Option<Mutex<crate::aic::limit::Bucket>>,
 }
 
 impl Inner {
@@ -360,6 +366,13 @@ impl AicSim {
             public_exponent,
             scopes: config.scopes.clone(),
             knobs: Knobs::from_config(&config),
+            limit: config.rate_limit.filter(|r| *r > 0.0).map(|r| {
+                Mutex::new(crate::aic::limit::Bucket::new(
+                    r,
+                    r.ceil() as u32,
+                    std::time::Instant::now(),
+                ))
+            }),
             ca,
             state: Mutex::new(state),
         });
