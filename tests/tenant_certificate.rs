@@ -804,3 +804,54 @@ async fn tenant_rate_limit_keeps_a_fleet_under_the_tenants_limit() {
         env.shutdown().await;
     }
 }
+
+/// A restart of a settled fleet costs nothing: no tenant call and no Kubernetes write until the
+/// shared resync tick; a change made after it is still acted on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_of_a_settled_fleet_makes_no_calls_and_no_writes() {
+    let mut env = Env::start(sim_config()).await;
+    let names: Vec<String> = (0..6).map(|i| format!("settled-{i}")).collect();
+    for name in &names {
+        let (chain, key) = env.issue(&[&format!("{name}.example.com")], 90);
+        env.put_tls(&format!("{name}-tls"), &chain, &key).await;
+        env.apply(&with_url(
+            &local_yaml(name, &format!("{name}-tls"), ""),
+            &env,
+        ))
+        .await;
+    }
+    for name in &names {
+        env.wait_for(name, 30, "Ready and settled", |t| {
+            t.status.as_ref().is_some_and(|s| {
+                certrotor::api::is_true(&s.conditions, certrotor::api::READY)
+                    && !certrotor::api::is_true(&s.conditions, certrotor::api::RECONCILING)
+            })
+        })
+        .await;
+    }
+    env.kill_operator().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_before = env.aic.calls().len();
+    let writes_before = env.standin.stats().writes();
+    env.start_operator();
+    // Every resource is reconciled once at start; none of them calls the tenant or writes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.aic.calls().len(),
+        calls_before,
+        "no tenant call: {:?}",
+        &env.aic.calls()[calls_before..]
+    );
+    assert_eq!(env.standin.stats().writes(), writes_before, "no write");
+    // Not asleep: a renewed Secret is installed at once.
+    let (chain, key) = env.issue(&["settled-0.example.com"], 90);
+    env.put_tls("settled-0-tls", &chain, &key).await;
+    let renewed = fingerprint(&chain);
+    env.wait_for("settled-0", 30, "the renewed certificate installed", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            s.fingerprint.as_deref() == Some(renewed.as_str()) && s.pending.is_none()
+        })
+    })
+    .await;
+    env.shutdown().await;
+}

@@ -106,6 +106,13 @@ pub struct Context {
     /// previous process did came before) shows everything the resource did.
     pub tenant_mutations: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub created: std::time::Instant,
+    /// Tenant URL → TenantCertificate uids waiting for `live` there: they share one list, so
+    /// their polls speed up together (see `tenant::plan::poll_after`).
+    pub waiting_live:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+    /// TenantCertificate uids this process has reconciled: the first reconcile after a restart
+    /// of a settled certificate makes no tenant call.
+    pub looked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -131,7 +138,39 @@ impl Context {
             metrics,
             tenant_mutations: Default::default(),
             created: std::time::Instant::now(),
+            waiting_live: Default::default(),
+            looked: Default::default(),
         })
+    }
+
+    /// Notes that this process looks at `uid` now; whether it had before.
+    pub fn record_look(&self, uid: &str) -> bool {
+        let mut looked = self.looked.lock().unwrap_or_else(|e| e.into_inner());
+        !looked.insert(uid.to_string())
+    }
+
+    /// How many certificates wait for `live` on `tenant`, counting `uid` as one of them.
+    pub fn waiting_for_live(&self, tenant: &str, uid: &str) -> usize {
+        let waiting = self.waiting_live.lock().unwrap_or_else(|e| e.into_inner());
+        let others = waiting
+            .get(tenant)
+            .map_or(0, |set| set.len() - usize::from(set.contains(uid)));
+        others + 1
+    }
+
+    /// Records whether `uid` waits for `live` on `tenant` (and forgets empty tenants).
+    pub fn set_waiting_for_live(&self, tenant: &str, uid: &str, waiting: bool) {
+        let mut map = self.waiting_live.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting {
+            map.entry(tenant.to_string())
+                .or_default()
+                .insert(uid.to_string());
+        } else if let Some(set) = map.get_mut(tenant) {
+            set.remove(uid);
+            if set.is_empty() {
+                map.remove(tenant);
+            }
+        }
     }
 
     /// A list of the tenant that started at or after this shows everything `uid` did there.

@@ -129,13 +129,34 @@ impl Run<'_> {
         source: &Source,
     ) -> Result<Action, StepError> {
         let spec = &self.obj.spec;
+        let uid = self.obj.metadata.uid.clone().unwrap_or_default();
+        let pending_renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
+            .filter(|v| Some(*v) != self.status.last_renew_request.as_deref());
+        let settledness = plan::Settledness {
+            spec,
+            status: &self.status,
+            generation: self.obj.meta().generation,
+            source,
+            renew_request: pending_renew,
+            now: self.now,
+        };
+        if !self.ctx.record_look(&uid)
+            && let Some(after) = plan::quiet_after_restart(&settledness, &self.ctx.options.poll)
+        {
+            return Ok(Action::requeue(after));
+        }
         // Polls of one tenant wake together (see `plan::aligned`) and share one list: a list that
-        // started shortly before this reconcile is good enough to look at `live`. Creating needs
-        // more (see `Step::Upload`).
-        let tolerance = self.ctx.options.poll.min;
+        // started shortly before this reconcile is good enough to look at `live`, and one from
+        // the last poll interval to check on a settled certificate (all of a tenant's resyncs
+        // fall on one tick and are worked through a few at a time). Creating needs more (see
+        // `Step::Upload`).
+        let tolerance = if plan::settled(&settledness) {
+            self.ctx.options.poll.max
+        } else {
+            self.ctx.options.poll.min
+        };
         let since = self.started.checked_sub(tolerance).unwrap_or(self.started);
         let (listed_at, list) = client.list_certificates_shared(since).await?;
-        let uid = self.obj.metadata.uid.clone().unwrap_or_default();
         self.list_is_strict = listed_at >= self.ctx.tenant_state_since(&uid);
         let mut tenant: BTreeMap<String, Certificate> =
             list.iter().map(|c| (c.id.clone(), c.clone())).collect();
@@ -178,10 +199,22 @@ impl Run<'_> {
                 tenant: &tenant,
                 now: self.now,
                 poll: self.ctx.options.poll,
+                waiting_on_tenant: self.ctx.waiting_for_live(&spec.tenant.url, &uid),
             };
             let Plan { status, step } = plan::plan(&obs).map_err(StepError::Invalid)?;
             self.status = status;
             self.reflect_current(&tenant, source);
+            self.ctx.set_waiting_for_live(
+                &spec.tenant.url,
+                &uid,
+                matches!(
+                    &step,
+                    Step::Wait {
+                        reason: "WaitingForLive",
+                        ..
+                    }
+                ),
+            );
             match step {
                 Step::Wait {
                     reason,
@@ -696,6 +729,12 @@ impl From<AicError> for StepError {
 /// by letting the finalizer go. The escape hatch for an unreachable tenant is
 /// `deletionPolicy: Retain`.
 async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
+    let uid = obj.metadata.uid.as_deref().unwrap_or_default();
+    ctx.set_waiting_for_live(&obj.spec.tenant.url, uid, false);
+    ctx.looked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(uid);
     let policy = obj.spec.deletion_policy;
     if policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());

@@ -55,6 +55,9 @@ pub struct Observation<'a> {
     pub tenant: &'a BTreeMap<String, Certificate>,
     pub now: Timestamp,
     pub poll: PollPolicy,
+    /// How many of this tenant's certificates (this one included) wait for `live`: one list
+    /// serves them all, so the more wait, the more often a list is worth making.
+    pub waiting_on_tenant: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +155,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                 });
             }
             if spec.active && !remote.live {
-                let after = poll_after(&obs.poll, &pending.since, obs.now);
+                let after = poll_after(&obs.poll, &pending.since, obs.now, obs.waiting_on_tenant);
                 let message = format!(
                     "certificate {id} is active; waiting for the load balancer to make it live"
                 );
@@ -472,14 +475,85 @@ fn next_look(
     }
 }
 
+/// Everything [`settled`] needs to know, none of it from the tenant.
+pub struct Settledness<'a> {
+    pub spec: &'a TenantCertificateSpec,
+    pub status: &'a TenantCertificateStatus,
+    pub generation: Option<i64>,
+    pub source: &'a Source,
+    /// A renew annotation value not yet acted on.
+    pub renew_request: Option<&'a str>,
+    pub now: Timestamp,
+}
+
+/// In place as the user last asked, by status alone: Ready, not Reconciling, not Stalled, all
+/// for the current generation; no certificate being rolled in and no old one beyond the
+/// history; the source Secret holds the certificate we installed; no renew request; not due.
+pub fn settled(s: &Settledness<'_>) -> bool {
+    let status = s.status;
+    let holds = |type_: &str, want: &str| {
+        crate::api::condition(&status.conditions, type_)
+            .is_some_and(|c| c.status == want && c.observed_generation == s.generation)
+    };
+    let limit = s
+        .spec
+        .revision_history_limit
+        .map(|l| l.max(0) as usize)
+        .unwrap_or(DEFAULT_HISTORY);
+    let source_matches = match s.source.cert() {
+        Some(cert) => status.fingerprint.as_deref() == Some(cert.leaf.fingerprint.as_str()),
+        None => false,
+    };
+    holds(crate::api::READY, "True")
+        && holds(crate::api::RECONCILING, "False")
+        && holds(crate::api::STALLED, "False")
+        && status.observed_generation == s.generation
+        && status.pending.is_none()
+        && status.certificate_id.is_some()
+        && status.active == Some(s.spec.active)
+        && status.live == Some(s.spec.active)
+        && status.previous_certificate_ids.len() <= limit
+        && source_matches
+        && s.renew_request.is_none()
+        && renewal_time(s.spec, status).is_none_or(|due| s.now < due)
+}
+
+/// The first reconcile of a settled certificate in a new process makes no tenant call: the
+/// process before checked it, and nothing the user controls has changed since. It next looks
+/// at the tenant on the shared resync tick (or when renewal falls due), when one list per
+/// tenant serves every certificate: a restart of a settled fleet costs nothing.
+pub fn quiet_after_restart(s: &Settledness<'_>, poll: &PollPolicy) -> Option<Duration> {
+    if !settled(s) {
+        return None;
+    }
+    Some(match renewal_time(s.spec, s.status) {
+        Some(due) => {
+            let until_due = Duration::from_secs(
+                due.as_second().saturating_sub(s.now.as_second()).max(1) as u64,
+            );
+            until_due.min(aligned(poll.resync, poll.resync, s.now))
+        }
+        None => aligned(poll.resync, poll.resync, s.now),
+    })
+}
+
 /// Poll `live` at half the time spent waiting so far, within [min, max]: quick when the tenant
-/// is quick, a handful of calls when it takes its observed minute.
-fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp) -> Duration {
+/// is quick, a handful of calls when it takes its observed minute. When `waiting` certificates
+/// of the tenant wait together, one list serves them all: the interval shrinks by the square
+/// root of their number (down to half of `min`), so a fleet sees `live` sooner while the lists
+/// per certificate still fall as the fleet grows.
+pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize) -> Duration {
     let waited = since
         .parse::<Timestamp>()
         .map(|t| Duration::from_secs(now.as_second().saturating_sub(t.as_second()).max(0) as u64))
         .unwrap_or_default();
-    aligned((waited / 2).clamp(poll.min, poll.max), poll.min, now)
+    let single = (waited / 2).clamp(poll.min, poll.max);
+    if waiting <= 1 {
+        return aligned(single, poll.min, now);
+    }
+    let floor = (poll.min / 2).max(Duration::from_millis(1));
+    let shared = single.div_f64((waiting as f64).sqrt()).max(floor);
+    aligned(shared, floor, now)
 }
 
 /// Waits about `interval`, ending on a tick of a clock every resource shares: the interval is

@@ -1,6 +1,9 @@
 //! Table tests of the TenantCertificate decision.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
 
 use jiff::Timestamp;
 
@@ -102,6 +105,7 @@ impl Case {
             tenant: &self.tenant,
             now: self.now,
             poll: PollPolicy::default(),
+            waiting_on_tenant: 1,
         })
     }
     fn step(&self) -> Step {
@@ -385,4 +389,172 @@ fn adoption_matches_validity_and_sans_and_skips_known_ids() {
         Some("ccrt-9")
     );
     assert_eq!(find_adoptable_upload(&tenant, &l, &["ccrt-9".into()]), None);
+}
+
+#[test]
+fn polls_speed_up_with_the_number_of_certificates_sharing_a_list() {
+    let poll = PollPolicy::default();
+    let now = ts("2026-11-23T10:00:40Z");
+    let since = "2026-11-23T10:00:00Z";
+    // Alone, 40 s in: half the wait (20 s, the max), on the shared clock.
+    let alone = poll_after(&poll, since, now, 1);
+    assert!(
+        alone >= Duration::from_secs(15) && alone <= Duration::from_secs(40),
+        "{alone:?}"
+    );
+    // 100 waiting together: a tenth of that, never below half of min.
+    let fleet = poll_after(&poll, since, now, 100);
+    assert!(fleet <= Duration::from_secs(4), "{fleet:?}");
+    assert!(fleet >= poll.min / 2, "{fleet:?}");
+    let crowd = poll_after(&poll, since, now, 1_000_000);
+    assert!(crowd >= poll.min / 2 && crowd <= poll.min * 2, "{crowd:?}");
+    // More waiting never means slower polls.
+    let mut last = Duration::MAX;
+    for n in [1, 2, 4, 16, 100, 10_000] {
+        let interval = poll_after(&poll, since, ts("2026-11-23T10:00:10Z"), n);
+        assert!(
+            interval <= last.max(poll.min),
+            "{n}: {interval:?} after {last:?}"
+        );
+        last = interval;
+    }
+}
+
+proptest! {
+    /// Certificates of one tenant polling at the same moment wake on the same tick whatever
+    /// their number, so they share one list.
+    #[test]
+    fn same_count_same_tick(secs in 0i64..100_000, waited in 0i64..600, n in 1usize..5000) {
+        let poll = PollPolicy::default();
+        let now = Timestamp::from_second(1_800_000_000 + secs).unwrap();
+        let since = Timestamp::from_second(now.as_second() - waited).unwrap().to_string();
+        let a = now.as_millisecond() + poll_after(&poll, &since, now, n).as_millis() as i64;
+        let floor = (poll.min / 2).as_millis() as i64;
+        prop_assert_eq!(a % floor, 0, "wakes on a tick of the shared clock");
+    }
+}
+
+fn settled_status(fp: &str) -> TenantCertificateStatus {
+    let condition =
+        |type_: &str, status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Live".into(),
+            message: String::new(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
+                "2026-11-23T09:00:00Z",
+            )),
+            observed_generation: Some(1),
+        };
+    TenantCertificateStatus {
+        observed_generation: Some(1),
+        conditions: vec![
+            condition(READY, "True"),
+            condition(RECONCILING, "False"),
+            condition(STALLED, "False"),
+        ],
+        certificate_id: Some("ccrt-1".into()),
+        active: Some(true),
+        live: Some(true),
+        fingerprint: Some(fp.into()),
+        not_before: Some("2026-11-01T00:00:00Z".into()),
+        not_after: Some("2027-01-30T00:00:00Z".into()),
+        ..Default::default()
+    }
+}
+
+/// Only a certificate that is in place as last asked skips the first look after a restart;
+/// each thing a user or the clock can change while the operator is down brings the look back.
+#[test]
+fn only_a_settled_certificate_skips_the_look_after_a_restart() {
+    let spec_local = spec(KeySource::Local);
+    let spec_tenant = spec(KeySource::Tenant);
+    let now = ts("2026-11-23T10:00:00Z");
+    let check = |spec: &TenantCertificateSpec,
+                 status: &TenantCertificateStatus,
+                 generation: i64,
+                 source: &Source,
+                 renew: Option<&str>,
+                 now: Timestamp| {
+        quiet_after_restart(
+            &Settledness {
+                spec,
+                status,
+                generation: Some(generation),
+                source,
+                renew_request: renew,
+                now,
+            },
+            &PollPolicy::default(),
+        )
+    };
+    let good = settled_status("sha256:a");
+    let after = check(&spec_local, &good, 1, &source("sha256:a"), None, now)
+        .expect("settled: no look until the resync tick");
+    assert!(after <= PollPolicy::default().resync * 2, "{after:?}");
+
+    assert_eq!(
+        check(&spec_local, &good, 2, &source("sha256:a"), None, now),
+        None,
+        "spec changed"
+    );
+    assert_eq!(
+        check(&spec_local, &good, 1, &source("sha256:b"), None, now),
+        None,
+        "Secret changed"
+    );
+    assert_eq!(
+        check(&spec_local, &good, 1, &Source::NoChain, None, now),
+        None,
+        "Secret emptied"
+    );
+    assert_eq!(
+        check(&spec_local, &good, 1, &source("sha256:a"), Some("now"), now),
+        None,
+        "renew asked"
+    );
+    let mut pending = good.clone();
+    pending.pending = Some(PendingCertificate {
+        certificate_id: Some("ccrt-2".into()),
+        reason: "SecretChanged".into(),
+        since: "2026-11-23T09:59:00Z".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        check(&spec_local, &pending, 1, &source("sha256:a"), None, now),
+        None,
+        "rolling"
+    );
+    let mut not_live = good.clone();
+    not_live.live = Some(false);
+    assert_eq!(
+        check(&spec_local, &not_live, 1, &source("sha256:a"), None, now),
+        None,
+        "not live"
+    );
+    let mut history = good.clone();
+    history.previous_certificate_ids = vec!["ccrt-0".into(), "ccrt-00".into()];
+    assert_eq!(
+        check(&spec_local, &history, 1, &source("sha256:a"), None, now),
+        None,
+        "old to delete"
+    );
+    let mut stalled = good.clone();
+    stalled.conditions[2].status = "True".into();
+    assert_eq!(
+        check(&spec_local, &stalled, 1, &source("sha256:a"), None, now),
+        None,
+        "stalled"
+    );
+    // Tenant mode: due for renewal (30 days before notAfter, capped at a third) looks at once;
+    // before that, waits at most until it falls due.
+    let due = ts("2026-12-31T00:00:00Z");
+    assert_eq!(
+        check(&spec_tenant, &good, 1, &source("sha256:a"), None, due),
+        None,
+        "due"
+    );
+    let close = ts("2026-12-30T23:59:00Z");
+    let wait = check(&spec_tenant, &good, 1, &source("sha256:a"), None, close).unwrap();
+    assert!(wait <= Duration::from_secs(60), "{wait:?}");
 }

@@ -39,9 +39,14 @@
 //!
 //! Not served: authentication and authorization (every request is allowed), protobuf (except
 //! the Secret, ConfigMap and Namespace bodies `kubectl create` sends; answers are JSON),
-//! admission webhooks, conversion webhooks (CRD versions are assumed compatible), CEL
-//! validation rules, `managedFields`, pagination tokens, `resourceVersion` semantics on list and
-//! get (always the latest state), and every kind not listed above.
+//! admission webhooks, conversion webhooks (CRD versions are assumed compatible),
+//! `managedFields`, `resourceVersion` semantics on get and on a first list page (always the
+//! latest state), and every kind not listed above.
+//!
+//! Served as a real server does, because a double less strict than the server hides bugs: CEL
+//! validation rules (CRD cost and boundedness checks on write; rules, transition rules included,
+//! on every object write: [`cel`]), schema bounds (lengths, counts, ranges, patterns), and list
+//! pagination (`limit`/`continue` over a consistent snapshot, 410 Expired once compacted).
 
 pub mod cel;
 mod convert;
