@@ -55,6 +55,13 @@ struct Args {
     /// Added to every AIC simulator answer (real tenants: tens to hundreds of milliseconds).
     #[arg(long, default_value = "0s", value_parser = duration)]
     aic_latency: Duration,
+    /// Requests per second each AIC simulator accepts (429 + Retry-After beyond); unlimited when
+    /// unset.
+    #[arg(long)]
+    aic_rate_limit: Option<f64>,
+    /// `--tenant-rate-limit` for the operator (its default when unset).
+    #[arg(long)]
+    tenant_rate_limit: Option<f64>,
     /// Also run every size with this many unrelated Secrets present (and report the growth).
     #[arg(long, default_value_t = 0)]
     unrelated_secrets: usize,
@@ -253,6 +260,9 @@ struct Operator {
     pid: u32,
     hwm: Arc<Mutex<u64>>,
     sampler: tokio::task::JoinHandle<()>,
+    /// The admin server (`/readyz`).
+    admin: std::net::SocketAddr,
+    started: Instant,
 }
 
 impl Operator {
@@ -261,13 +271,17 @@ impl Operator {
         kubeconfig: &Path,
         log: &Path,
         resync: Duration,
-        concurrency: Option<u16>,
+        args: &Args,
     ) -> anyhow::Result<Operator> {
+        let concurrency = args.concurrency;
         let log_file = std::fs::File::create(log)?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut cmd = tokio::process::Command::new(binary);
         cmd.arg("run")
             .arg("--resync")
             .arg(format!("{}s", resync.as_secs()))
+            .arg("--metrics-addr")
+            .arg(admin.to_string())
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -275,6 +289,9 @@ impl Operator {
             .kill_on_drop(true);
         if let Some(c) = concurrency {
             cmd.arg("--concurrency").arg(c.to_string());
+        }
+        if let Some(r) = args.tenant_rate_limit {
+            cmd.arg("--tenant-rate-limit").arg(r.to_string());
         }
         let child = cmd.spawn().context("starting the operator")?;
         let pid = child.id().context("operator pid")?;
@@ -300,7 +317,38 @@ impl Operator {
             pid,
             hwm,
             sampler,
+            admin,
+            started: Instant::now(),
         })
+    }
+
+    /// Reconciles that ended in an error so far, from the operator's `/metrics`.
+    async fn failed_reconciles(&self) -> Option<u64> {
+        let url = format!("http://{}/metrics", self.admin);
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("certrotor_reconcile_total{") && l.contains("outcome=\"error\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+
+    /// Time from start until `/readyz` answers 200 (None if not within `limit`).
+    async fn time_to_ready(&self, limit: Duration) -> Option<Duration> {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = reqwest::Client::new();
+        while self.started.elapsed() < limit {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Some(self.started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
     }
 
     fn rss(&self) -> u64 {
@@ -419,6 +467,9 @@ struct Report {
     unrelated: usize,
     tenants: usize,
     apply_to_ready: Duration,
+    /// First create → last create.
+    applied: Duration,
+    live_delay: Duration,
     local_latency: Vec<f64>,
     tenant_latency: Vec<f64>,
     didc_latency: Vec<f64>,
@@ -431,10 +482,14 @@ struct Report {
     idle_writes: u64,
     peak_rss: u64,
     settled_rss: u64,
+    /// Reconciles that ended in an error during the first run (None: /metrics unreachable).
+    failed_reconciles: Option<u64>,
     steady: Option<Steady>,
 }
 
 struct Steady {
+    /// Operator start → `/readyz` 200 on the restart.
+    readyz: Option<Duration>,
     resync: Duration,
     restart_calls: Calls,
     restart_writes: Stats,
@@ -500,13 +555,7 @@ async fn run(args: &Args, binary: &Path, n: usize, unrelated: usize) -> anyhow::
     let watchers = spawn_watchers(&client, &tracker, &ca, &own);
 
     let log = dir.path().join("operator-1.log");
-    let mut operator = Operator::start(
-        binary,
-        &kubeconfig,
-        &log,
-        Duration::from_secs(3600),
-        args.concurrency,
-    )?;
+    let mut operator = Operator::start(binary, &kubeconfig, &log, Duration::from_secs(3600), args)?;
     wait_for_watches(&standin, &mut operator).await?;
 
     let stats0 = standin.stats();
@@ -514,6 +563,7 @@ async fn run(args: &Args, binary: &Path, n: usize, unrelated: usize) -> anyhow::
     let calls0 = sims.calls();
     let t0 = Instant::now();
     apply_all(&client, &sims, args, n, &tracker, &own).await?;
+    let applied = t0.elapsed();
     eprintln!(
         "   applied {} resources in {:.1}s",
         n + args.tenant_mode + args.device_ids,
@@ -557,6 +607,7 @@ async fn run(args: &Args, binary: &Path, n: usize, unrelated: usize) -> anyhow::
     let stats2 = standin.stats();
     let own2 = own.snapshot();
     let calls2 = sims.calls();
+    let failed_reconciles = operator.failed_reconciles().await;
     let peak_rss = operator.stop().await;
 
     let (local_latency, tenant_latency, didc_latency, changes) = {
@@ -602,6 +653,8 @@ async fn run(args: &Args, binary: &Path, n: usize, unrelated: usize) -> anyhow::
         unrelated,
         tenants: args.tenants,
         apply_to_ready,
+        applied,
+        live_delay: args.live_delay,
         local_latency,
         tenant_latency,
         didc_latency,
@@ -615,14 +668,14 @@ async fn run(args: &Args, binary: &Path, n: usize, unrelated: usize) -> anyhow::
         events_by_kind,
         idle: args.idle,
         idle_calls: calls_since(&calls2, &calls1).total(),
-        idle_writes: operator_delta(
+        idle_writes: writes_apart_from_leases(&operator_delta(
             &stats2,
             &stats1,
             &operator_delta(&own2, &own1, &Stats::default()),
-        )
-        .writes(),
+        )),
         peak_rss,
         settled_rss,
+        failed_reconciles,
         steady,
     })
 }
@@ -641,8 +694,11 @@ async fn measure_steady(
     let stats_before = standin.stats();
     let own_before = own.snapshot();
     let log = dir.join("operator-2.log");
-    let mut operator = Operator::start(binary, kubeconfig, &log, args.resync, args.concurrency)?;
+    let mut operator = Operator::start(binary, kubeconfig, &log, args.resync, args)?;
+    // Ready as the leader: its watches are up (a standby is ready before it leads), and then
+    // /readyz says its caches have synced.
     wait_for_watches(standin, &mut operator).await?;
+    let readyz = operator.time_to_ready(Duration::from_secs(120)).await;
     // The restart pass: every resource is reconciled once. Over when the tenants are quiet.
     let mut last = sims.calls().total();
     let mut quiet_since = Instant::now();
@@ -669,6 +725,7 @@ async fn measure_steady(
     let own_end = own.snapshot();
     let peak_rss = operator.stop().await;
     Ok(Steady {
+        readyz,
         resync: args.resync,
         restart_calls: calls_since(&after_restart, &before),
         restart_writes: operator_delta(
@@ -678,12 +735,11 @@ async fn measure_steady(
         ),
         window,
         window_calls: calls_since(&end, &after_restart),
-        window_writes: operator_delta(
+        window_writes: writes_apart_from_leases(&operator_delta(
             &stats_end,
             &stats_restart,
             &operator_delta(&own_end, &own_restart, &Stats::default()),
-        )
-        .writes(),
+        )),
         peak_rss,
     })
 }
@@ -693,6 +749,7 @@ async fn start_sims(args: &Args) -> anyhow::Result<Sims> {
         live_delay: args.live_delay,
         delete_500_window: Duration::from_secs(2),
         latency: args.aic_latency,
+        rate_limit: args.aic_rate_limit,
         ..Default::default()
     };
     let mut local = vec![];
@@ -1073,6 +1130,11 @@ fn describe_writes(s: &Stats) -> String {
     }
 }
 
+/// Leader election renews its Lease every few seconds; what certrotor writes is the rest.
+fn writes_apart_from_leases(s: &Stats) -> u64 {
+    s.writes() - s.writes_to("leases.coordination.k8s.io")
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
@@ -1123,11 +1185,15 @@ impl Report {
         row(
             "setup",
             format!(
-                "{} AIC tenants (+1 for Tenant mode), live delay {} s, AIC latency {} ms, operator defaults (poll 2–20 s, concurrency {})",
+                "{} AIC tenants (+1 for Tenant mode), live delay {} s, AIC latency {} ms, tenant rate limit {}; operator defaults (poll 2–20 s) with concurrency {}, tenant rate limit {}/s",
                 self.tenants,
                 args.live_delay.as_secs(),
                 args.aic_latency.as_millis(),
-                args.concurrency.map_or("8".into(), |c| c.to_string())
+                args.aic_rate_limit
+                    .map_or("none".into(), |r| format!("{r}/s")),
+                args.concurrency.map_or("8".into(), |c| c.to_string()),
+                args.tenant_rate_limit
+                    .unwrap_or(certrotor::controller::DEFAULT_TENANT_RATE_LIMIT)
             ),
         );
         row(
@@ -1286,8 +1352,23 @@ impl Report {
         row(
             &format!("idle {} s after Ready (1h resync)", self.idle.as_secs()),
             format!(
-                "{} tenant calls, {} Kubernetes writes",
+                "{} tenant calls, {} Kubernetes writes (Lease renewals apart)",
                 self.idle_calls, self.idle_writes
+            ),
+        );
+        let answered_429: usize = self
+            .apply_calls
+            .local
+            .iter()
+            .flatten()
+            .filter(|c| c.status == 429)
+            .count();
+        row(
+            "AIC answers 429 / failed reconciles (whole first run)",
+            format!(
+                "{answered_429} / {}",
+                self.failed_reconciles
+                    .map_or("unknown".into(), |n| n.to_string())
             ),
         );
         if let Some(s) = &self.steady {
@@ -1348,12 +1429,98 @@ impl Report {
         for (k, v) in rows {
             out.push_str(&format!("| {k} | {v} |\n"));
         }
+        out.push_str(&self.restart_block());
         out.push_str(&self.targets());
+        out
+    }
+
+    /// Issue 14's restart figures, as their own block: what restarting a settled fleet costs.
+    fn restart_block(&self) -> String {
+        let Some(s) = &self.steady else {
+            return String::new();
+        };
+        let periods = (s.window.as_secs() / s.resync.as_secs().max(1)).max(1) as usize;
+        let per_tenant: Vec<usize> = s
+            .restart_calls
+            .local
+            .iter()
+            .zip(s.window_calls.local.iter())
+            .map(|(restart, window)| restart.len() + window.len().div_ceil(periods))
+            .collect();
+        let worst = per_tenant.iter().copied().max().unwrap_or(0);
+        let restart_pass: usize = s.restart_calls.local.iter().map(Vec::len).sum();
+        let leases = s.restart_writes.writes_to("leases.coordination.k8s.io");
+        let writes = s.restart_writes.writes() - leases;
+        let mut out = format!(
+            "\n#### Restart of the settled fleet (N = {}, resync {} s)\n\n| measure | value | target | |\n|---|---|---|---|\n",
+            self.n,
+            s.resync.as_secs()
+        );
+        out.push_str(&format!(
+            "| AIC calls in the restart pass (all {} tenants) | {restart_pass} | | |\n",
+            self.tenants
+        ));
+        out.push_str(&format!(
+            "| AIC calls per tenant within one resync of the restart (worst tenant) | {worst} | ≤ 2 | {} |\n",
+            met(worst <= 2)
+        ));
+        out.push_str(&format!(
+            "| Kubernetes writes in the restart pass (Lease renewals apart: {leases}) | {writes} | 0 | {} |\n",
+            met(writes == 0)
+        ));
+        out.push_str(&format!(
+            "| operator start → /readyz 200 | {} | ≤ 30 s | {} |\n",
+            s.readyz.map_or("not within 120 s".into(), |d| format!(
+                "{:.1} s",
+                d.as_secs_f64()
+            )),
+            met(s.readyz.is_some_and(|d| d <= Duration::from_secs(30)))
+        ));
         out
     }
 
     fn targets(&self) -> String {
         let mut out = String::from("\n| target | measured | |\n|---|---|---|\n");
+        let live = self.live_delay.as_secs_f64();
+        if self.n == 1000 {
+            let p99 = percentile(&self.local_latency, 99.0).unwrap_or(f64::MAX);
+            out.push_str(&format!(
+                "| apply → Ready p99 ≤ live delay + 3 s ({:.0} s) | {p99:.1} s | {} |\n",
+                live + 3.0,
+                met(p99 <= live + 3.0)
+            ));
+        }
+        let after_last = self.apply_to_ready.as_secs_f64() - self.applied.as_secs_f64();
+        out.push_str(&format!(
+            "| all Ready within live delay + 30 s of the last create ({:.0} s) | {after_last:.1} s | {} |\n",
+            live + 30.0,
+            met(after_last <= live + 30.0)
+        ));
+        let calls = self.local_calls_per_cert();
+        let (limit, at) = if self.n >= 10_000 {
+            (1.1, "10,000")
+        } else {
+            (1.2, "1,000")
+        };
+        out.push_str(&format!(
+            "| Local calls per cert apply→Ready ≤ {limit} (at N = {at}) | {calls:.2} | {} |\n",
+            met(calls <= limit)
+        ));
+        let own_writes = per(
+            self.apply_writes.writes_to(TCERT),
+            self.n + self.tenant_mode,
+        );
+        out.push_str(&format!(
+            "| writes to each TenantCertificate itself ≤ 3 (Events apart) | {own_writes:.2} | {} |\n",
+            met(own_writes <= 3.0)
+        ));
+        if self.resources() >= 10_000 {
+            let peak = mib(self.peak_rss);
+            out.push_str(&format!(
+                "| operator peak RSS ≤ 100 MiB at 10,000 certificates + 100 Device-ID | {peak:.1} MiB | {} |\n",
+                met(peak <= 100.0)
+            ));
+        }
         let calls = self.local_calls_per_cert();
         out.push_str(&format!(
             "| Local calls per cert apply→Ready ≤ 1.5 (at N = 1,000) | {calls:.2} | {} |\n",
@@ -1366,7 +1533,7 @@ impl Report {
         ));
         let idle_writes = self.idle_writes + self.steady.as_ref().map_or(0, |s| s.window_writes);
         out.push_str(&format!(
-            "| zero writes when nothing changed | {idle_writes} | {} |\n",
+            "| zero writes when nothing changed, Lease renewals apart | {idle_writes} | {} |\n",
             met(idle_writes == 0)
         ));
         let tokens = self

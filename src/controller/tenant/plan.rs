@@ -593,13 +593,13 @@ pub fn known_ids(status: &TenantCertificateStatus) -> Vec<String> {
 /// status: find it by what the tenant reports of it (validity to the second and SANs), never
 /// among ids already ours, never among active-and-live certificates someone else installed.
 pub fn find_adoptable_upload<'a>(
-    tenant: &'a BTreeMap<String, Certificate>,
+    tenant: impl IntoIterator<Item = &'a Certificate>,
     leaf: &CertInfo,
     known: &[String],
 ) -> Option<&'a Certificate> {
     let mut wanted_sans = leaf.subject_alternative_names.clone();
     wanted_sans.sort();
-    tenant.values().find(|c| {
+    tenant.into_iter().find(|c| {
         if known.contains(&c.id) {
             return false;
         }

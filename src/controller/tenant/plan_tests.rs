@@ -385,10 +385,13 @@ fn adoption_matches_validity_and_sans_and_skips_known_ids() {
     ]
     .into();
     assert_eq!(
-        find_adoptable_upload(&tenant, &l, &[]).map(|c| c.id.as_str()),
+        find_adoptable_upload(tenant.values(), &l, &[]).map(|c| c.id.as_str()),
         Some("ccrt-9")
     );
-    assert_eq!(find_adoptable_upload(&tenant, &l, &["ccrt-9".into()]), None);
+    assert_eq!(
+        find_adoptable_upload(tenant.values(), &l, &["ccrt-9".into()]),
+        None
+    );
 }
 
 #[test]
