@@ -535,3 +535,118 @@ async fn works_as_a_kubectl_plugin() {
         "{err}"
     );
 }
+
+/// `status --from-tenant` asks the tenant (one read-only list, the resource's credentials) about
+/// every id in status: the current one, and pending and previous ones status says nothing of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_from_the_tenant_shows_every_id_as_the_tenant_sees_it() {
+    use certrotor::aic::{AicClient, ClientOptions, Credentials};
+    use certrotor::sim::aic::{AicSim, AicSimConfig};
+    let c = Cluster::new().await;
+    let aic = AicSim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        AicSimConfig {
+            support_certificate: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let creds = aic.credentials_secret_data();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "aic", "namespace": "identity"},
+        "stringData": creds
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(c.client(), "identity")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let data = creds
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    let client = AicClient::new(
+        &aic.url(),
+        Credentials::from_secret_data(&data).unwrap(),
+        None,
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let ca = Ca::new("Status CA").unwrap();
+    let now = jiff::Timestamp::now();
+    let upload = |days: i64| {
+        ca.issue(
+            "login.example.com",
+            &["login.example.com"],
+            now,
+            now.checked_add(jiff::SignedDuration::from_hours(24 * days))
+                .unwrap(),
+            KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap()
+    };
+    let (chain1, key1) = upload(90);
+    let (chain2, key2) = upload(60);
+    let current = client
+        .create_certificate(&chain1, &key1, true)
+        .await
+        .unwrap();
+    let previous = client
+        .create_certificate(&chain2, &key2, false)
+        .await
+        .unwrap();
+
+    let obj: TenantCertificate = serde_json::from_value(json!({
+        "apiVersion": "certrotor.io/v1alpha1", "kind": "TenantCertificate",
+        "metadata": {"name": "login", "namespace": "identity"},
+        "spec": {"tenant": {"url": aic.url(), "credentialsSecretRef": {"name": "aic"}},
+                 "secretRef": {"name": "login-tls"}}
+    }))
+    .unwrap();
+    let api: Api<TenantCertificate> = Api::namespaced(c.client(), "identity");
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let patch = json!({"status": {
+        "conditions": [condition("Ready", "True", "Live", "ok")],
+        "certificateId": current.id, "active": true, "live": true,
+        "previousCertificateIds": [previous.id, "ccrt-gone"]
+    }});
+    api.patch_status("login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let calls_before = aic.calls().len();
+    let (code, out, err) = c.run(&["status", "tcert", "login", "--from-tenant"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let line = |id: &str| {
+        out.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("no line for {id} in\n{out}"))
+            .to_string()
+    };
+    let prev = line(&previous.id);
+    assert!(
+        prev.contains("false"),
+        "the previous one is inactive: {prev}"
+    );
+    assert!(prev.contains(" (in "), "with its notAfter: {prev}");
+    assert!(line("ccrt-gone").contains("(not in the tenant)"), "{out}");
+    assert!(out.contains("as the tenant reports them now"), "{out}");
+    let calls: Vec<_> = aic.calls()[calls_before..]
+        .iter()
+        .map(|c| c.route.clone())
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "POST /am/oauth2/access_token",
+            "GET /environment/certificates"
+        ],
+        "one token and one read-only list"
+    );
+    // Without the flag: no tenant call at all.
+    let before = aic.calls().len();
+    let (code, out, _) = c.run(&["status", "tcert", "login"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("--from-tenant asks the tenant"), "{out}");
+    assert_eq!(aic.calls().len(), before);
+}

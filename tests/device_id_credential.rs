@@ -860,3 +860,21 @@ async fn renew_annotation_present_at_creation_is_consumed_by_the_first_refresh()
     assert_eq!(env.cert_refreshes().len(), 2);
     env.shutdown().await;
 }
+
+/// `spec.refreshMethod: POST` for proxies that drop the body of a GET: the vendor sees POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_method_post_is_used_when_the_spec_says_so() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("posted", "  refreshMethod: POST\n").await;
+    env.wait_for("posted", 30, "Ready", is_ready).await;
+    let methods: Vec<String> = env
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::CertRefresh)
+        .map(|c| c.method)
+        .collect();
+    assert_eq!(methods, ["POST"]);
+    env.shutdown().await;
+}

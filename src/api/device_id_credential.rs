@@ -84,6 +84,20 @@ pub struct DeviceIdCredentialSpec {
     /// Also keep the API token fresh with `token:refresh`.
     #[serde(default)]
     pub refresh_token: bool,
+    /// HTTP method of `cert:refresh`: GET with a JSON body, as the vendor documents (default),
+    /// or POST, for proxies that drop the body of a GET.
+    #[serde(default)]
+    pub refresh_method: RefreshMethod,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[schemars(extend("maxLength" = 4))]
+pub enum RefreshMethod {
+    #[default]
+    GET,
+    POST,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]

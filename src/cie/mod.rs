@@ -223,7 +223,17 @@ impl CieClient {
                 format!("{}{CERT_REFRESH_PATH}", self.endpoint),
             )
             .json(&CertRefreshRequest { pem_csr, cert_name });
-        let body = self.send(request).await?;
+        let body = self.send(request).await.map_err(|e| match e {
+            // Which method was used is the first thing to check when a proxy ate the body.
+            CieError::BadRequest { code, message } => CieError::BadRequest {
+                code,
+                message: format!(
+                    "{message} (cert:refresh was sent as {}; spec.refreshMethod switches between GET and POST)",
+                    self.refresh_method.as_method()
+                ),
+            },
+            other => other,
+        })?;
         parse_cert_refresh(&body)
     }
 

@@ -64,6 +64,11 @@ pub enum Day2 {
         /// Events to show.
         #[arg(long, default_value_t = 5)]
         events: usize,
+        /// TenantCertificate: also ask the tenant (one read-only list, with the resource's
+        /// credentials Secret) for the notAfter, active and live of every certificate id in
+        /// status, pending and previous ones included.
+        #[arg(long)]
+        from_tenant: bool,
     },
     /// Rotate now: set `certrotor.io/renew` to a fresh value. For Device-ID, refuses when the
     /// refresh budget would not allow the call yet, unless `--force`.
@@ -123,9 +128,14 @@ pub async fn run(command: Day2, kube: KubeArgs) -> anyhow::Result<i32> {
             let (client, ns) = connect(&kube).await?;
             inspect::secret(client, &ns, &name).await
         }
-        Day2::Status { kind, name, events } => {
+        Day2::Status {
+            kind,
+            name,
+            events,
+            from_tenant,
+        } => {
             let (client, ns) = connect(&kube).await?;
-            status::show(client, &ns, kind, &name, events).await
+            status::show(client, &ns, kind, &name, events, from_tenant).await
         }
         Day2::Renew {
             kind,

@@ -19,6 +19,7 @@ pub async fn show(
     kind: Kind,
     name: &str,
     events: usize,
+    from_tenant: bool,
 ) -> anyhow::Result<i32> {
     let now = Timestamp::now();
     let (text, conditions, uid) = match kind {
@@ -28,8 +29,13 @@ pub async fn show(
                 .await
                 .map_err(|e| not_found_or(e, kind, ns, name))?;
             let status = obj.status.clone().unwrap_or_default();
+            let remote = if from_tenant {
+                Some(tenant_view(&client, ns, &obj).await)
+            } else {
+                None
+            };
             (
-                tenant_certificate(&obj, now),
+                tenant_certificate(&obj, now, remote.as_ref()),
                 status.conditions,
                 obj.uid().unwrap_or_default(),
             )
@@ -101,8 +107,57 @@ fn conditions_table(conditions: &[Condition], now: Timestamp) -> String {
     out
 }
 
-fn tenant_certificate(obj: &TenantCertificate, now: Timestamp) -> String {
+/// The tenant's certificates by id, or why they could not be read.
+type TenantView = Result<std::collections::BTreeMap<String, crate::aic::Certificate>, String>;
+
+/// One list of the tenant's certificates, with the credentials the operator uses.
+async fn tenant_view(client: &Client, ns: &str, obj: &TenantCertificate) -> TenantView {
+    use k8s_openapi::api::core::v1::Secret;
+    let tenant = &obj.spec.tenant;
+    let name = &tenant.credentials_secret_ref.name;
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?
+        .ok_or_else(|| format!("credentials Secret {ns}/{name} not found"))?;
+    let data = crate::controller::tenant::source::secret_data(&secret)
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    let credentials =
+        crate::aic::Credentials::from_secret_data(&data).map_err(|e| e.to_string())?;
+    let aic = crate::aic::AicClient::new(
+        &tenant.url,
+        credentials,
+        tenant.ca_bundle.as_deref(),
+        crate::aic::ClientOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let list = aic
+        .list_certificates()
+        .await
+        .map_err(|e| format!("listing the tenant's certificates: {e}"))?;
+    Ok(list.into_iter().map(|c| (c.id.clone(), c)).collect())
+}
+
+fn tenant_certificate(
+    obj: &TenantCertificate,
+    now: Timestamp,
+    remote: Option<&TenantView>,
+) -> String {
     let s = obj.status.clone().unwrap_or_default();
+    // What the tenant says of an id: (notAfter, active, live).
+    let from_tenant = |id: &str| -> Option<[String; 3]> {
+        let list = remote?.as_ref().ok()?;
+        Some(match list.get(id) {
+            Some(c) => [
+                when(c.expire_time.as_deref(), now),
+                flag(Some(c.active)).into(),
+                flag(Some(c.live)).into(),
+            ],
+            None => ["(not in the tenant)".into(), "-".into(), "-".into()],
+        })
+    };
     // (role, id, not after, active, live, note)
     let mut rows: Vec<[String; 6]> = vec![[
         "current".into(),
@@ -137,6 +192,13 @@ fn tenant_certificate(obj: &TenantCertificate, now: Timestamp) -> String {
             String::new(),
         ]);
     }
+    for row in &mut rows {
+        if let Some([after, active, live]) = from_tenant(&row[1]) {
+            row[2] = after;
+            row[3] = active;
+            row[4] = live;
+        }
+    }
     let id_width = rows.iter().map(|r| r[1].len()).max().unwrap_or(2).max(2);
     let after_width = rows.iter().map(|r| r[2].len()).max().unwrap_or(9).max(9);
     let mut out = String::from("Certificates:\n");
@@ -150,6 +212,23 @@ fn tenant_certificate(obj: &TenantCertificate, now: Timestamp) -> String {
             "  {role:<9} {id:<id_width$} {after:<after_width$} {active:<6} {live:<4} {note}"
         );
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+    match remote {
+        Some(Ok(_)) => {
+            let _ = writeln!(
+                out,
+                "  (notAfter, active and live as the tenant reports them now)"
+            );
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(out, "  (the tenant could not be asked: {why})");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  (as recorded in status; --from-tenant asks the tenant about every id)"
+            );
+        }
     }
     let _ = writeln!(out, "Subject:  {}", or_dash(s.subject.as_deref()));
     if !s.subject_alternative_names.is_empty() {

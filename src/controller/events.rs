@@ -46,9 +46,11 @@ impl SeriesKey {
     }
 }
 
+/// An open series: its Event is named `<object name>.<created, hex nanoseconds>`, so only the
+/// time is kept.
 #[derive(Debug, Clone)]
 struct Series {
-    event_name: String,
+    created: Timestamp,
     count: i32,
     last: Timestamp,
 }
@@ -124,14 +126,14 @@ impl EventRecorder {
                 });
                 match api
                     .patch(
-                        &s.event_name,
+                        &self.event_name(regarding, s.created),
                         &PatchParams::default(),
                         &Patch::Merge(&patch),
                     )
                     .await
                 {
                     Ok(_) => Series {
-                        event_name: s.event_name,
+                        created: s.created,
                         count,
                         last: now,
                     },
@@ -165,11 +167,7 @@ impl EventRecorder {
         note: &str,
         now: Timestamp,
     ) -> Result<Series, kube::Error> {
-        let event_name = format!(
-            "{}.{:x}",
-            regarding.name.as_deref().unwrap_or(&self.controller),
-            now.as_nanosecond()
-        );
+        let event_name = self.event_name(regarding, now);
         let event = K8sEvent {
             metadata: ObjectMeta {
                 name: Some(event_name.clone()),
@@ -194,9 +192,17 @@ impl EventRecorder {
         };
         api.create(&PostParams::default(), &event).await?;
         Ok(Series {
-            event_name,
+            created: now,
             count: 1,
             last: now,
         })
+    }
+
+    fn event_name(&self, regarding: &ObjectReference, created: Timestamp) -> String {
+        format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            created.as_nanosecond()
+        )
     }
 }

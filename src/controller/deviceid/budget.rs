@@ -156,9 +156,15 @@ pub fn after_rate_limited(now: Timestamp) -> Timestamp {
     after_rate_limited_with(None, now)
 }
 
-/// Like [`after_rate_limited`], but honours a longer `Retry-After` from the vendor.
+/// The longest `Retry-After` taken at its word: a garbled or hostile header must not stop
+/// refreshes for a year. Beyond it the wait is this, and status shows the time.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
+
+/// Like [`after_rate_limited`], but honours a longer `Retry-After` from the vendor, up to
+/// [`RETRY_AFTER_CAP`].
 pub fn after_rate_limited_with(retry_after: Option<Duration>, now: Timestamp) -> Timestamp {
-    let wait = RATE_LIMITED_WAIT.max(retry_after.unwrap_or_default());
+    let asked = retry_after.unwrap_or_default().min(RETRY_AFTER_CAP);
+    let wait = RATE_LIMITED_WAIT.max(asked);
     plus(now, wait.saturating_add(MARGIN))
 }
 
@@ -320,6 +326,11 @@ mod tests {
         assert_eq!(
             after_rate_limited_with(Some(Duration::from_secs(2 * 3600)), at(0)),
             at(2 * H + M)
+        );
+        // A year-long Retry-After is taken as a day.
+        assert_eq!(
+            after_rate_limited_with(Some(Duration::from_secs(365 * 24 * 3600)), at(0)),
+            at(24 * H + M)
         );
     }
 

@@ -510,6 +510,12 @@ impl Run<'_> {
             &creds.api_key,
             spec.ca_bundle.as_deref(),
         )
+        .map(|c| {
+            c.with_refresh_method(match spec.refresh_method {
+                api::RefreshMethod::GET => crate::cie::RefreshMethod::Get,
+                api::RefreshMethod::POST => crate::cie::RefreshMethod::Post,
+            })
+        })
         .map_err(|e| Invalid::new("InvalidConfig", e.to_string()))
     }
 

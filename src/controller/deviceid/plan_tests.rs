@@ -22,6 +22,7 @@ fn spec() -> DeviceIdCredentialSpec {
         renew_before: None,
         renew_before_percentage: None,
         refresh_token: false,
+        refresh_method: Default::default(),
     }
 }
 

@@ -749,10 +749,7 @@ impl From<AicError> for StepError {
 async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
     let uid = obj.metadata.uid.as_deref().unwrap_or_default();
     ctx.set_waiting_for_live(&obj.spec.tenant.url, uid, false);
-    ctx.looked
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(uid);
+    ctx.forget_look(uid);
     let policy = obj.spec.deletion_policy;
     if policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());

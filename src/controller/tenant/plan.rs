@@ -446,10 +446,13 @@ pub fn renewal_time(
             Duration::from_secs(not_after.as_second().saturating_sub(nb.as_second()).max(0) as u64)
         })
         .unwrap_or(DEFAULT_RENEW_BEFORE * 3);
+    // Capped at a third of the lifetime, as documented: a renewBefore as long as a short
+    // certificate's life would start a new CSR the moment each one is installed, for ever.
     let before = match spec.renew_before.as_deref().map(parse_duration) {
         Some(Ok(d)) => d,
-        _ => DEFAULT_RENEW_BEFORE.min(lifetime / 3),
-    };
+        _ => DEFAULT_RENEW_BEFORE,
+    }
+    .min(lifetime / 3);
     not_after
         .checked_sub(jiff::SignedDuration::try_from(before).ok()?)
         .ok()

@@ -561,3 +561,40 @@ fn only_a_settled_certificate_skips_the_look_after_a_restart() {
     let wait = check(&spec_tenant, &good, 1, &source("sha256:a"), None, close).unwrap();
     assert!(wait <= Duration::from_secs(60), "{wait:?}");
 }
+
+/// A renewBefore longer than a third of a short certificate's life is capped at that third: the
+/// certificate just installed is not due, so no rotation loop.
+#[test]
+fn renew_before_is_capped_at_a_third_of_the_lifetime() {
+    let mut spec = spec(KeySource::Tenant);
+    spec.renew_before = Some("720h".into());
+    let mut status = settled_status("sha256:a");
+    // A 30-day certificate: 720h would mean "due from day 0".
+    status.not_before = Some("2026-11-23T00:00:00Z".into());
+    status.not_after = Some("2026-12-23T00:00:00Z".into());
+    assert_eq!(
+        renewal_time(&spec, &status),
+        Some(ts("2026-12-13T00:00:00Z")),
+        "a third of 30 days before notAfter"
+    );
+    let mut c = Case::local("sha256:a");
+    c.spec = spec.clone();
+    c.status = status;
+    c.source = source("sha256:a");
+    c.now = ts("2026-11-23T10:00:00Z");
+    c.tenant = [remote("ccrt-1", true, true)].into_iter().collect();
+    assert!(
+        matches!(c.step(), Step::Settled { .. }),
+        "just installed, not due: {:?}",
+        c.step()
+    );
+    // A shorter renewBefore is kept as written.
+    spec.renew_before = Some("48h".into());
+    let mut status = settled_status("sha256:a");
+    status.not_before = Some("2026-11-23T00:00:00Z".into());
+    status.not_after = Some("2026-12-23T00:00:00Z".into());
+    assert_eq!(
+        renewal_time(&spec, &status),
+        Some(ts("2026-12-21T00:00:00Z"))
+    );
+}
