@@ -456,6 +456,22 @@ async fn every_rule_accepts_a_valid_object_and_refuses_an_invalid_one_with_its_m
         ),
         case(
             DI,
+            "spec#1",
+            "/spec/secretName",
+            json!("onboarding"),
+            Some(
+                "spec: Invalid value: \"object\": secretName must not be the onboarding Secret: publishing there would overwrite the onboarding credential",
+            ),
+        ),
+        case(
+            DI,
+            "",
+            "/spec/secretName",
+            json!("s".repeat(246)),
+            Some("spec.secretName: Too long: may not be longer than 245"),
+        ),
+        case(
+            DI,
             "spec.endpoint#0",
             "/spec/endpoint",
             json!("http://127.0.0.1:8443"),

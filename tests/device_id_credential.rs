@@ -878,3 +878,54 @@ async fn refresh_method_post_is_used_when_the_spec_says_so() {
     assert_eq!(methods, ["POST"]);
     env.shutdown().await;
 }
+
+/// An output Secret that exists with another type (a Secret's type cannot change, so writing the
+/// refreshed certificate there would fail after the vendor issued it), or that another
+/// controller owns, stalls the resource before any vendor call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_secret_that_cannot_be_written_stalls_before_any_call() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    let opaque: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "taken-client", "namespace": NS},
+        "type": "Opaque",
+        "stringData": {"note": "someone else's"}
+    }))
+    .unwrap();
+    env.secrets()
+        .create(&PostParams::default(), &opaque)
+        .await
+        .unwrap();
+    let owned: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "owned-client", "namespace": NS,
+                     "ownerReferences": [{"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                                          "name": "other", "uid": "0b1c2d3e-0000-4000-8000-000000000001",
+                                          "controller": true}]},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "", "tls.key": ""}
+    }))
+    .unwrap();
+    env.secrets()
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
+    env.apply("taken", "").await;
+    env.apply("owned", "").await;
+    for (name, want) in [
+        ("taken", "type Opaque"),
+        ("owned", "controlled by Certificate other"),
+    ] {
+        let d = env
+            .wait_for(name, 20, "Stalled", |d| stalled(d).is_some())
+            .await;
+        assert_eq!(
+            stalled(&d).as_deref(),
+            Some("OutputSecretConflict"),
+            "{name}"
+        );
+        let (_, _, message) = condition(&d, api::STALLED).unwrap();
+        assert!(message.contains(want), "{name}: {message}");
+    }
+    assert!(env.sim.calls().is_empty(), "no vendor call");
+    env.shutdown().await;
+}

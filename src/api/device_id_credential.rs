@@ -50,6 +50,7 @@ use super::{DURATION_RULE, SecretReference};
     )
 )]
 #[x_kube(validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set renewBefore or renewBeforePercentage, not both"))]
+#[x_kube(validation = Rule::new("self.secretName != self.onboardingSecretRef.name").message("secretName must not be the onboarding Secret: publishing there would overwrite the onboarding credential"))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceIdCredentialSpec {
     /// Regional base URL, e.g. https://us.device-identity-broker.services-edge.paloaltonetworks.com
@@ -69,8 +70,9 @@ pub struct DeviceIdCredentialSpec {
     pub subject: DeviceIdSubject,
     #[serde(default)]
     pub private_key: PrivateKeySpec,
-    /// Output Secret (type kubernetes.io/tls): `tls.crt`, `tls.key`, `apiKey`.
-    #[schemars(length(min = 1, max = 253))]
+    /// Output Secret (type kubernetes.io/tls): `tls.crt`, `tls.key`, `apiKey`. At most 245
+    /// characters: a refresh in flight keeps its key in `<secretName>-pending`.
+    #[schemars(length(min = 1, max = 245))]
     pub secret_name: String,
     /// Refresh this long before `notAfter` (Go duration). Default: a third of the lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]

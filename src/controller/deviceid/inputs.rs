@@ -103,6 +103,35 @@ pub fn read_output(secret: Option<&Secret>) -> Option<Credentials> {
     })
 }
 
+/// An existing output Secret that certrotor must not write over: another type (the apply would
+/// fail after the vendor has issued the certificate), or one another controller owns.
+pub fn output_conflict(name: &str, secret: Option<&Secret>, our_uid: &str) -> Option<Invalid> {
+    let secret = secret?;
+    if let Some(type_) = secret.type_.as_deref()
+        && type_ != "kubernetes.io/tls"
+    {
+        return Some(Invalid::new(
+            "OutputSecretConflict",
+            format!(
+                "Secret {name} exists with type {type_}; the output must be kubernetes.io/tls (a Secret's type cannot change): delete it or choose another secretName"
+            ),
+        ));
+    }
+    let foreign = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.uid != our_uid)?;
+    Some(Invalid::new(
+        "OutputSecretConflict",
+        format!(
+            "Secret {name} is controlled by {} {}; certrotor does not write over another controller's Secret: choose another secretName",
+            foreign.kind, foreign.name
+        ),
+    ))
+}
+
 pub fn algorithm_name(alg: KeyAlgorithm) -> String {
     format!("{alg:?}")
 }

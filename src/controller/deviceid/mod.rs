@@ -75,7 +75,7 @@ pub fn references_secret(d: &DeviceIdCredential, name: &str) -> bool {
 }
 
 pub fn pending_secret_name(d: &DeviceIdCredential) -> String {
-    format!("{}-pending", d.spec.secret_name)
+    format!("{}{}", d.spec.secret_name, plan::PENDING_SUFFIX)
 }
 
 pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -137,7 +137,15 @@ impl Run<'_> {
             return Ok(self.stall(invalid));
         }
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        let mut output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+        let output_secret = secrets.get_opt(&spec.secret_name).await?;
+        if let Some(invalid) = inputs::output_conflict(
+            &spec.secret_name,
+            output_secret.as_ref(),
+            self.obj.metadata.uid.as_deref().unwrap_or_default(),
+        ) {
+            return Ok(self.stall(invalid));
+        }
+        let mut output = inputs::read_output(output_secret.as_ref());
         self.output_valid = output
             .as_ref()
             .is_some_and(|o| inputs::is_valid(&o.info, self.now));

@@ -146,8 +146,33 @@ pub fn validate_spec(spec: &DeviceIdCredentialSpec) -> Result<(), Invalid> {
             "certName and secretName must not be empty",
         ));
     }
+    // Known before any call: a refresh whose result cannot be stored is a refresh spent.
+    if spec.secret_name == spec.onboarding_secret_ref.name {
+        return Err(Invalid::new(
+            "OutputIsOnboardingSecret",
+            format!(
+                "secretName {} is the onboarding Secret: publishing there would overwrite the onboarding credential; choose another secretName",
+                spec.secret_name
+            ),
+        ));
+    }
+    if spec.secret_name.len() + PENDING_SUFFIX.len() > MAX_SECRET_NAME {
+        return Err(Invalid::new(
+            "SecretNameTooLong",
+            format!(
+                "secretName is {} characters; the pending key is kept in Secret <secretName>{PENDING_SUFFIX}, which may be at most {MAX_SECRET_NAME}: use at most {}",
+                spec.secret_name.len(),
+                MAX_SECRET_NAME - PENDING_SUFFIX.len()
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The Secret that holds the key and CSR of a refresh in flight is `<secretName>` plus this.
+pub const PENDING_SUFFIX: &str = "-pending";
+/// A Secret name is a DNS subdomain: at most 253 characters.
+pub const MAX_SECRET_NAME: usize = 253;
 
 fn lifetime(cert: &CertInfo) -> SignedDuration {
     cert.not_after

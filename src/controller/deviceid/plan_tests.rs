@@ -759,3 +759,22 @@ fn a_first_refresh_consumes_a_renew_request_present_at_creation() {
     consume_renew_request(&mut later, "RenewRequested", Some("v2"));
     assert_eq!(later.last_renew_request, None);
 }
+
+/// What can be known before a call is checked before it: an output that would overwrite the
+/// onboarding credential, or one whose pending Secret could not be named.
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_any_call() {
+    let mut s = spec();
+    s.secret_name = s.onboarding_secret_ref.name.clone();
+    assert_eq!(
+        validate_spec(&s).unwrap_err().reason,
+        "OutputIsOnboardingSecret"
+    );
+    let mut s = spec();
+    s.secret_name = "x".repeat(246);
+    let err = validate_spec(&s).unwrap_err();
+    assert_eq!(err.reason, "SecretNameTooLong");
+    assert!(err.message.contains("at most 245"), "{}", err.message);
+    s.secret_name = "x".repeat(245);
+    assert!(validate_spec(&s).is_ok());
+}
