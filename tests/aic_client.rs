@@ -133,7 +133,11 @@ async fn upload_activate_live_deactivate_delete() {
         client.get_certificate(&created.id).await.unwrap().is_none(),
         "404 with empty body → None"
     );
-    client.delete_certificate(&created.id).await.unwrap();
+    // Deleting it again: 404, as for any unknown id (the controllers take it as "gone").
+    assert!(matches!(
+        client.delete_certificate(&created.id).await,
+        Err(AicError::NotFound)
+    ));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use certrotor::api::TenantCertificate;
 use certrotor::controller::Options;
 use certrotor::sim::aic::AicSimConfig;
 use common::*;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// Tenant calls made for one resource, with the support team's certificate excluded.
 fn summarize(calls: &[String]) -> String {
@@ -853,5 +853,167 @@ async fn restart_of_a_settled_fleet_makes_no_calls_and_no_writes() {
         })
     })
     .await;
+    env.shutdown().await;
+}
+
+fn sim_client(env: &Env) -> AicClient {
+    let creds: std::collections::BTreeMap<String, Vec<u8>> = env
+        .aic
+        .credentials_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    AicClient::new(
+        &env.aic.url(),
+        Credentials::from_secret_data(&creds).unwrap(),
+        None,
+        ClientOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Deleting the old certificate right after it stops being live meets the tenant's empty-500
+/// window: an expected wait, so no Warning and no failure count; the old one goes once the
+/// window closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_empty_500_window_after_deactivation_is_a_quiet_wait() {
+    let env = Env::start(AicSimConfig {
+        delete_500_window: Duration::from_millis(1500),
+        ..sim_config()
+    })
+    .await;
+    let (chain, key) = env.issue(&["quiet.example.com"], 90);
+    env.put_tls("quiet-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml("quiet", "quiet-tls", "  revisionHistoryLimit: 0\n"),
+        &env,
+    ))
+    .await;
+    let first = env
+        .wait_ready("quiet")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    let (chain2, key2) = env.issue(&["quiet.example.com"], 90);
+    env.put_tls("quiet-tls", &chain2, &key2).await;
+    env.wait_for("quiet", 30, "old certificate deleted", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            s.certificate_id.as_deref() != Some(first.as_str())
+                && s.previous_certificate_ids.is_empty()
+        })
+    })
+    .await;
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == first && c.deleted),
+        "the old certificate is deleted"
+    );
+    let refused = env
+        .aic
+        .calls()
+        .iter()
+        .filter(|c| c.route == "DELETE /environment/certificates/{id}" && c.status == 500)
+        .count();
+    assert!(refused > 0, "the test met the 500 window");
+    let events = env.events("quiet").await;
+    assert!(
+        events.iter().all(|(t, _)| t == "Normal"),
+        "no Warning for an expected wait: {events:?}"
+    );
+    let t = env.get("quiet").await;
+    assert_eq!(t.status.unwrap().failures, None, "not counted as a failure");
+    env.shutdown().await;
+}
+
+/// A CSR someone deleted in the tenant (or whose DELETE answer was lost) is gone: deleting the
+/// resource with `deletionPolicy: Delete` succeeds instead of holding the finalizer for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_already_gone_does_not_hold_the_finalizer() {
+    let env = Env::start(sim_config()).await;
+    let yaml = with_url(
+        &tenant_yaml(
+            "gone",
+            "{commonName: gone.example.com, subjectAlternativeNames: [gone.example.com]}",
+            "  deletionPolicy: Delete\n",
+        ),
+        &env,
+    );
+    env.apply(&yaml).await;
+    let t = env
+        .wait_for("gone", 20, "CSR", |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.pending.as_ref())
+                .and_then(|p| p.csr.as_ref())
+                .is_some()
+        })
+        .await;
+    let csr = t.status.unwrap().pending.unwrap().csr.unwrap().id;
+    sim_client(&env).delete_csr(&csr).await.unwrap();
+    env.delete("gone").await;
+    env.wait_gone("gone", 20).await;
+    env.shutdown().await;
+}
+
+/// A list that lags behind the tenant (it leaves out our certificate) does not make the
+/// operator forget its certificate and upload another: it asks for the id, and keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_list_never_makes_a_certificate_vanish() {
+    let env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["lag.example.com"], 90);
+    env.put_tls("lag-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("lag", "lag-tls", ""), &env))
+        .await;
+    let id = env
+        .wait_ready("lag")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.aic.knobs().set_lists_lag_next(5);
+    let calls_before = env.aic.calls().len();
+    // Touch the source Secret (same certificate): a reconcile that must look at the tenant.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
+    let touch = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    secrets
+        .patch("lag-tls", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !env.aic.calls()[calls_before..]
+        .iter()
+        .any(|c| c.route == "GET /environment/certificates")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no list after the touch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ours: Vec<_> = env
+        .aic
+        .certificates()
+        .into_iter()
+        .filter(|c| !c.created_by_support && !c.deleted)
+        .collect();
+    assert_eq!(ours.len(), 1, "no second upload: {ours:?}");
+    let t = env.get("lag").await;
+    assert_eq!(
+        t.status.unwrap().certificate_id.as_deref(),
+        Some(id.as_str())
+    );
+    assert!(
+        env.aic.calls()[calls_before..]
+            .iter()
+            .any(|c| c.route == "GET /environment/certificates/{id}"),
+        "confirmed by id"
+    );
     env.shutdown().await;
 }

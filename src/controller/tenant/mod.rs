@@ -134,6 +134,13 @@ impl Run<'_> {
             Err(StepError::Tenant(e)) => Ok(self.tenant_failure(e)),
             Err(StepError::Invalid(invalid)) => Ok(self.stall(invalid)),
             Err(StepError::Kube(e)) => Err(e),
+            Err(StepError::NotYet(message)) => {
+                // An expected wait, not a failure: no Warning, no backoff, no failure count.
+                let ready = api::is_true(&self.status.conditions, api::READY);
+                self.conclude(Verdict::progressing(ready, "WaitingToDeleteOld", message));
+                let poll = &self.ctx.options.poll;
+                Ok(Action::requeue(plan::aligned(poll.min, poll.min, self.now)))
+            }
         }
     }
 
@@ -188,6 +195,15 @@ impl Run<'_> {
             tenant = ours(&list, &self.status);
             self.listed = list;
             self.list_is_strict = true;
+        }
+        // A single list never decides that one of our certificates has vanished (a list may
+        // lag behind the tenant): ask for each missing one by id, and forget only on a 404.
+        for id in plan::known_ids(&self.status) {
+            if !tenant.contains_key(&id)
+                && let Some(c) = client.get_certificate(&id).await?
+            {
+                tenant.insert(id, c);
+            }
         }
         // The tenant answers again: the failure streak is over.
         self.status.failures = None;
@@ -488,13 +504,18 @@ impl Run<'_> {
                     tenant.remove(&id);
                     self.status.previous_certificate_ids.retain(|p| p != &id);
                 }
-                // Right after `live` turns false the tenant answers 500 for a while.
-                Err(AicError::Server { .. }) => {
-                    return Err(StepError::Tenant(AicError::Server {
-                        status: 500,
-                        code: "DeleteNotYet".into(),
-                        message: format!("tenant not ready to delete {id} yet"),
-                    }));
+                // Already gone (someone deleted it, or our own DELETE's answer was lost and
+                // the retry found nothing): what we wanted.
+                Err(AicError::NotFound) => {
+                    tenant.remove(&id);
+                    self.status.previous_certificate_ids.retain(|p| p != &id);
+                }
+                // Right after `live` turns false the tenant answers an empty 500 for a while
+                // (observed: about 17 s): expected, so a quiet wait rather than a failure.
+                Err(AicError::Server { status: 500, .. }) => {
+                    return Err(StepError::NotYet(format!(
+                        "waiting for the tenant to allow deleting old certificate {id} (it refuses for a while after the certificate stops being live)"
+                    )));
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -735,6 +756,8 @@ enum StepError {
     Tenant(AicError),
     Invalid(Invalid),
     Kube(Error),
+    /// The tenant is not ready for this step yet, as expected: wait quietly.
+    NotYet(String),
 }
 
 impl From<AicError> for StepError {
@@ -863,6 +886,8 @@ async fn cleanup_tenant(
                         "Deleted",
                         format!("deleted certificate {id}"),
                     )),
+                    // Gone already: nothing left to do for it.
+                    Err(AicError::NotFound) => {}
                     Err(AicError::Server { .. }) => done = false,
                     Err(e) => return Err(e),
                 }
@@ -877,7 +902,12 @@ async fn cleanup_tenant(
             .filter(|p| p.certificate_id.is_none())
             .and_then(|p| p.csr.as_ref())
         {
-            client.delete_csr(&csr.id).await?;
+            // A CSR someone else deleted (or whose DELETE answer was lost) is gone: success.
+            // Failing here would hold the finalizer, and the namespace, for ever.
+            match client.delete_csr(&csr.id).await {
+                Ok(()) | Err(AicError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(done)

@@ -312,22 +312,33 @@ async fn complete_csr(State(inner): Shared, Path(id): Path<String>, body: Bytes)
     ok_json(tenant::csr_view(&state.csrs[index]))
 }
 
+/// An unknown or already deleted id answers 404 with an empty body, as GET does: a client must
+/// take that as "already gone" (a lost answer to its own DELETE ends the same way).
 async fn delete_csr(State(inner): Shared, Path(id): Path<String>) -> Response {
-    if let Some(csr) = inner.state().csrs.iter_mut().find(|c| c.id == id) {
-        csr.deleted = true;
+    match inner
+        .state()
+        .csrs
+        .iter_mut()
+        .find(|c| c.id == id && !c.deleted)
+    {
+        Some(csr) => {
+            csr.deleted = true;
+            StatusCode::OK.into_response()
+        }
+        None => not_found(),
     }
-    StatusCode::OK.into_response()
 }
 
 // --- certificates ---
 
 async fn list_certificates(State(inner): Shared) -> Response {
     let (now, delay) = (Instant::now(), inner.knobs.live_delay());
+    let lagging = inner.knobs.take_list_lag();
     let state = inner.state();
     let views: Vec<_> = state
         .certs
         .iter()
-        .filter(|c| !c.deleted)
+        .filter(|c| !c.deleted && (!lagging || c.created_by_support))
         .map(|c| tenant::certificate_view(c, now, delay))
         .collect();
     ok_json(views)
@@ -403,7 +414,7 @@ async fn delete_certificate(State(inner): Shared, Path(id): Path<String>) -> Res
     );
     let mut state = inner.state();
     let Some(cert) = state.certs.iter_mut().find(|c| c.id == id && !c.deleted) else {
-        return StatusCode::OK.into_response();
+        return not_found();
     };
     match tenant::delete_outcome(cert, now, delay, window) {
         DeleteOutcome::Active => error(

@@ -66,6 +66,9 @@ pub struct Knobs {
     fail_next_5xx: AtomicU32,
     fail_next_empty_500: AtomicU32,
     rate_limit_next: AtomicU32,
+    /// The next lists of certificates leave out every certificate but the support team's, as a
+    /// list lagging behind the tenant would.
+    lists_lag_next: AtomicU32,
     retry_after_secs: AtomicU64,
     /// Tokens remember the generation they were issued in; bumping it invalidates them all.
     token_generation: AtomicU64,
@@ -134,6 +137,16 @@ impl Knobs {
         self.retry_after_secs
             .store(retry_after_secs, Ordering::SeqCst);
         self.rate_limit_next.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` `GET /environment/certificates` leave out every certificate the API made
+    /// (a lagging list); `GET` by id still finds them.
+    pub fn set_lists_lag_next(&self, n: u32) {
+        self.lists_lag_next.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take_list_lag(&self) -> bool {
+        self.lists_lag_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
     /// Every token issued so far becomes invalid (401).
     pub fn expire_tokens_now(&self) {
