@@ -9,8 +9,13 @@ use sha2::{Digest, Sha256};
 use crate::aic::limit::RateLimiter;
 use crate::aic::{AicClient, AicError, CallObserver, ClientOptions, Credentials};
 
+/// Clients not asked for this long are dropped (a credential rotated away, a tenant no
+/// resource uses any more): the map does not grow with every credential a cluster ever had.
+pub const IDLE_CLIENT: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
+
 pub struct AicClients {
-    clients: Mutex<HashMap<String, Arc<AicClient>>>,
+    /// Key → (client, when it was last asked for).
+    clients: Mutex<HashMap<String, (Arc<AicClient>, std::time::Instant)>>,
     observer: Option<Arc<dyn CallObserver>>,
     /// Requests per second per tenant (0: no limit); one bucket per tenant URL, whatever the
     /// credentials.
@@ -37,7 +42,7 @@ impl AicClients {
         if self.rate_limit <= 0.0 {
             return None;
         }
-        let key = url.trim_end_matches('/').to_ascii_lowercase();
+        let key = limiter_key(url);
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let burst = self.rate_limit.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
         Some(
@@ -65,10 +70,13 @@ impl AicClients {
         }
         hasher.update(ca_bundle.unwrap_or_default().as_bytes());
         let key = format!("{:x}", hasher.finalize());
+        let now = std::time::Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&key) {
+        if let Some((client, used)) = clients.get_mut(&key) {
+            *used = now;
             return Ok(client.clone());
         }
+        prune(&mut clients, now, IDLE_CLIENT);
         let creds = Credentials::from_secret_data(credentials)?;
         let options = ClientOptions {
             limiter: self.limiter(url),
@@ -79,7 +87,100 @@ impl AicClients {
             client = client.with_observer(observer.clone());
         }
         let client = Arc::new(client);
-        clients.insert(key, client.clone());
+        clients.insert(key, (client.clone(), now));
+        // Limiters of tenants no client uses any more go too.
+        let urls: std::collections::HashSet<String> = clients
+            .values()
+            .map(|(c, _)| limiter_key(c.base_url().as_str()))
+            .collect();
+        self.limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|url, _| urls.contains(url));
         Ok(client)
+    }
+
+    /// How many clients are kept (tests).
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn limiter_key(url: &str) -> String {
+    url.trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Drops the clients not asked for within `idle`.
+fn prune(
+    clients: &mut HashMap<String, (Arc<AicClient>, std::time::Instant)>,
+    now: std::time::Instant,
+    idle: std::time::Duration,
+) {
+    clients.retain(|_, (_, used)| now.saturating_duration_since(*used) < idle);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn client() -> Arc<AicClient> {
+        Arc::new(
+            AicClient::new(
+                "http://127.0.0.1:1",
+                Credentials::AccessToken("t".into()),
+                None,
+                ClientOptions::default(),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn idle_clients_are_dropped_and_used_ones_kept() {
+        let t0 = Instant::now();
+        let mut map = HashMap::new();
+        map.insert("old".to_string(), (client(), t0));
+        map.insert(
+            "used".to_string(),
+            (client(), t0 + Duration::from_secs(3 * 3600)),
+        );
+        prune(&mut map, t0 + Duration::from_secs(4 * 3600), IDLE_CLIENT);
+        assert_eq!(map.keys().collect::<Vec<_>>(), vec!["used"]);
+    }
+
+    #[test]
+    fn a_rotated_credential_gets_a_new_client_and_the_same_limiter() {
+        let clients = AicClients::with_rate_limit(None, 10.0);
+        let creds = |token: &str| {
+            std::collections::BTreeMap::from([(
+                "accessToken".to_string(),
+                token.as_bytes().to_vec(),
+            )])
+        };
+        let a = clients
+            .get("http://127.0.0.1:1", &creds("a"), None)
+            .unwrap();
+        let again = clients
+            .get("http://127.0.0.1:1", &creds("a"), None)
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &again),
+            "one client per tenant and credential"
+        );
+        assert_eq!(clients.len(), 1);
+        let _b = clients
+            .get("http://127.0.0.1:1", &creds("b"), None)
+            .unwrap();
+        assert_eq!(clients.len(), 2, "a new credential, a new client");
+        assert_eq!(
+            clients.limiters.lock().unwrap().len(),
+            1,
+            "one limiter per tenant, whatever the credentials"
+        );
     }
 }

@@ -149,12 +149,16 @@ impl Context {
         !looked.insert(uid_key(uid))
     }
 
-    /// Forgets `uid` (the resource is gone).
+    /// Forgets `uid` (the resource is gone): what this process remembered of it.
     pub fn forget_look(&self, uid: &str) {
         self.looked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&uid_key(uid));
+        self.tenant_mutations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
     }
 
     /// How many certificates wait for `live` on `tenant`, counting `uid` as one of them.
