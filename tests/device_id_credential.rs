@@ -929,3 +929,35 @@ async fn an_output_secret_that_cannot_be_written_stalls_before_any_call() {
     assert!(env.sim.calls().is_empty(), "no vendor call");
     env.shutdown().await;
 }
+
+/// The onboarding Secret is needed only while no valid certificate of ours is published: once
+/// one is, removing the onboarding Secret (a fair thing to do with a credential the vendor has
+/// evicted) is a Warning, and renewals go on with the published certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_onboarding_secret_does_not_stop_renewals() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("kept", "").await;
+    let d = env.wait_for("kept", 30, "Ready", is_ready).await;
+    let first_serial = status(&d).serial_number.unwrap();
+    env.secrets()
+        .delete("onboarding", &Default::default())
+        .await
+        .unwrap();
+    env.annotate("kept", api::RENEW_ANNOTATION, "after-onboarding-gone")
+        .await;
+    let d = env
+        .wait_for("kept", 30, "renewed without onboarding", |d| {
+            status(d).last_renew_request.as_deref() == Some("after-onboarding-gone")
+                && status(d).serial_number.as_deref() != Some(first_serial.as_str())
+        })
+        .await;
+    assert!(is_ready(&d), "still Ready");
+    assert!(stalled(&d).is_none(), "not stalled");
+    assert!(status(&d).onboarding_secret_missing.is_some());
+    env.wait_event("kept", |(t, r, _)| {
+        t == "Warning" && r == "OnboardingSecretMissing"
+    })
+    .await;
+    env.shutdown().await;
+}

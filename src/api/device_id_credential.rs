@@ -203,6 +203,10 @@ pub struct DeviceIdCredentialStatus {
     /// Fingerprint of the certificate in the output Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_fingerprint: Option<String>,
+    /// The onboarding Secret is missing or unreadable; refreshes go on with the published
+    /// certificate while it is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding_secret_missing: Option<String>,
     /// 409 answers in a row (for the conflict backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_conflicts: Option<i32>,

@@ -98,6 +98,7 @@ pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Resul
         now: Timestamp::now(),
         refreshed: false,
         output_valid: false,
+        onboarding_available: true,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -123,6 +124,8 @@ struct Run<'a> {
     refreshed: bool,
     /// The output Secret holds a valid certificate (read at the start).
     output_valid: bool,
+    /// The onboarding Secret was read (else a stand-in is used; see `reconcile`).
+    onboarding_available: bool,
 }
 
 impl Run<'_> {
@@ -153,8 +156,36 @@ impl Run<'_> {
         let onboarding_secret = secrets.get_opt(onboarding_name).await?;
         let onboarding = match inputs::read_onboarding(onboarding_name, onboarding_secret.as_ref())
         {
-            Ok(o) => o,
-            Err(invalid) => return Ok(self.stall(invalid)),
+            Ok(o) => {
+                self.status.onboarding_secret_missing = None;
+                o
+            }
+            // Needed only while no valid certificate of ours is published: with one, renewals
+            // go on (a Warning, not a stop). The stand-in keeps the recorded onboarding
+            // fingerprint, so calls stay serialised and shared credentials stay detected.
+            Err(invalid) => match (
+                output.as_ref().filter(|_| self.output_valid),
+                self.status.onboarding_fingerprint.clone(),
+            ) {
+                (Some(published), Some(recorded)) => {
+                    if self.status.onboarding_secret_missing.is_none() {
+                        self.events.push((
+                            EventType::Warning,
+                            "OnboardingSecretMissing",
+                            format!(
+                                "{}; renewals go on with the published certificate while it is valid",
+                                invalid.message
+                            ),
+                        ));
+                    }
+                    self.status.onboarding_secret_missing = Some(invalid.message.clone());
+                    self.onboarding_available = false;
+                    let mut stand_in = published.clone();
+                    stand_in.info.fingerprint = recorded;
+                    stand_in
+                }
+                _ => return Ok(self.stall(invalid)),
+            },
         };
         self.status.onboarding_fingerprint = Some(onboarding.info.fingerprint.clone());
         let others = self.ctx.deviceid.others();
@@ -187,6 +218,7 @@ impl Run<'_> {
                 generation: self.obj.meta().generation,
                 renew_annotation: api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
                 onboarding: &onboarding.info,
+                onboarding_available: self.onboarding_available,
                 published: output.as_ref().map(|o| &o.info),
                 now: self.now,
             };
@@ -272,6 +304,7 @@ impl Run<'_> {
             generation: self.obj.meta().generation,
             renew_annotation: api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
             onboarding: &onboarding.info,
+            onboarding_available: self.onboarding_available,
             published: published.map(|o| &o.info),
             now: self.now,
         }

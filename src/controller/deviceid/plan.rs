@@ -69,6 +69,9 @@ pub struct Observation<'a> {
     pub renew_annotation: Option<&'a str>,
     /// The onboarding certificate (already checked against its key).
     pub onboarding: &'a CertInfo,
+    /// False when the onboarding Secret is missing or unreadable and `onboarding` stands in
+    /// for it: it is needed only while no valid certificate of ours is published.
+    pub onboarding_available: bool,
     /// The output Secret's certificate, when its key matches (it may have expired).
     pub published: Option<&'a CertInfo>,
     pub now: Timestamp,
@@ -333,6 +336,19 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             stalled: true,
             reason: static_reason(&r.reason),
             message: r.message.clone(),
+            recheck: None,
+        };
+    }
+    if credential == Credential::Onboarding && !obs.onboarding_available {
+        return Step::Wait {
+            ready: false,
+            reconciling: false,
+            stalled: true,
+            reason: "OnboardingSecretNotFound",
+            message: format!(
+                "no valid certificate is published and the onboarding Secret {} is missing or unreadable: restore it (tls.crt, tls.key, apiKey from the Cloud Identity Engine console)",
+                obs.spec.onboarding_secret_ref.name
+            ),
             recheck: None,
         };
     }

@@ -71,6 +71,7 @@ impl Case {
             generation: Some(1),
             renew_annotation: self.annotation,
             onboarding: &self.onboarding,
+            onboarding_available: true,
             published: self.published.as_ref(),
             now: at(self.now),
         })
@@ -255,6 +256,7 @@ fn rejection_stalls_until_spec_credentials_or_annotation_change() {
             generation: Some(1),
             renew_annotation: None,
             onboarding: &c.onboarding,
+            onboarding_available: true,
             published: None,
             now: at(0),
         },
@@ -515,6 +517,7 @@ mod model {
                 generation: Some(1),
                 renew_annotation: None,
                 onboarding,
+                onboarding_available: true,
                 published: published.as_ref(),
                 now: at(self.clock()),
             })
@@ -777,4 +780,48 @@ fn outputs_that_cannot_be_written_are_refused_before_any_call() {
     assert!(err.message.contains("at most 245"), "{}", err.message);
     s.secret_name = "x".repeat(245);
     assert!(validate_spec(&s).is_ok());
+}
+
+/// The onboarding Secret is needed only while no valid certificate of ours is published.
+#[test]
+fn a_missing_onboarding_secret_stops_only_what_needs_it() {
+    let mut c = Case::new(20 * DAY).published(0, 30 * DAY);
+    let obs = |c: &Case, available: bool| {
+        plan(&Observation {
+            spec: &c.spec,
+            status: &c.status,
+            generation: Some(1),
+            renew_annotation: c.annotation,
+            onboarding: &c.onboarding,
+            onboarding_available: available,
+            published: c.published.as_ref(),
+            now: at(c.now),
+        })
+    };
+    // Renewal due with a valid published certificate: it goes ahead with that certificate.
+    assert_eq!(
+        obs(&c, false).step,
+        Step::RefreshCert {
+            credential: Credential::Published,
+            reason: "Renewal"
+        }
+    );
+    // Nothing valid published: the onboarding credential is needed, and missing.
+    c.now = 31 * DAY;
+    match obs(&c, false).step {
+        Step::Wait {
+            stalled, reason, ..
+        } => {
+            assert!(stalled);
+            assert_eq!(reason, "OnboardingSecretNotFound");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        obs(&c, true).step,
+        Step::RefreshCert {
+            credential: Credential::Onboarding,
+            ..
+        }
+    ));
 }
