@@ -2,6 +2,10 @@
 //! types them: the real binary against the stand-in, with kubectl's connection flags, and as the
 //! kubectl plugin through a real kubectl. Statuses are written as the operator would write them.
 
+#[path = "common/kubectl.rs"]
+mod kubectl;
+use kubectl::kubectl_or_skip;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -478,29 +482,10 @@ async fn completion_scripts_name_the_subcommands() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
-fn find_kubectl() -> Option<PathBuf> {
-    if let Some(explicit) = std::env::var_os("KUBECTL") {
-        return Some(PathBuf::from(explicit));
-    }
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/bin/kubectl");
-    if installed.is_file() {
-        return Some(installed);
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("kubectl"))
-        .find(|p| p.is_file())
-}
-
 /// `kubectl certrotor …`: kubectl finds `kubectl-certrotor` on PATH and runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_as_a_kubectl_plugin() {
-    let Some(kubectl) = find_kubectl() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install kubectl (scripts/ci-tools.sh) before the tests"
-        );
-        eprintln!("no kubectl found; skipping the plugin test (run scripts/ci-tools.sh)");
+    let Some(kubectl) = kubectl_or_skip("the plugin test") else {
         return;
     };
     let c = Cluster::new().await;

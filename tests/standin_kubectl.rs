@@ -2,7 +2,11 @@
 //! installs in `.ci/tools/bin` (kubectl 1.33), else one on PATH. CI installs it before the tests
 //! run, so there (`CI` set) a missing kubectl fails the test; elsewhere the test says so and skips.
 
-use std::path::{Path, PathBuf};
+#[path = "common/kubectl.rs"]
+mod kubectl;
+use kubectl::kubectl_or_skip;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use certrotor::sim::kube::StandIn;
@@ -53,18 +57,19 @@ impl Kubectl {
     }
 }
 
-fn find_kubectl() -> Option<PathBuf> {
-    if let Some(explicit) = std::env::var_os("KUBECTL") {
-        return Some(PathBuf::from(explicit));
-    }
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/bin/kubectl");
-    if installed.is_file() {
-        return Some(installed);
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("kubectl"))
-        .find(|p| p.is_file())
+/// A stand-in, and kubectl configured for it (the directory holds kubeconfig and cache).
+async fn standin_with_kubectl(binary: PathBuf) -> (StandIn, tempfile::TempDir, Kubectl) {
+    let s = StandIn::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl {
+        binary,
+        kubeconfig: dir.path().join("kubeconfig"),
+        cache: dir.path().join("cache"),
+    };
+    s.write_kubeconfig(&k.kubeconfig).unwrap();
+    (s, dir, k)
 }
 
 const DEVICE: &str = "apiVersion: certrotor.io/v1alpha1
@@ -83,24 +88,10 @@ spec:
 
 #[tokio::test]
 async fn kubectl_works_against_the_standin() {
-    let Some(binary) = find_kubectl() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install kubectl (scripts/ci-tools.sh) before the tests"
-        );
-        eprintln!("no kubectl found; skipping the kubectl checks (run scripts/ci-tools.sh)");
+    let Some(binary) = kubectl_or_skip("the kubectl checks") else {
         return;
     };
-    let s = StandIn::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl {
-        binary,
-        kubeconfig: dir.path().join("kubeconfig"),
-        cache: dir.path().join("cache"),
-    };
-    s.write_kubeconfig(&k.kubeconfig).unwrap();
+    let (s, _dir, k) = standin_with_kubectl(binary).await;
 
     let version = k.run(&["version", "-o", "json"], None).await;
     assert!(version.contains("\"serverVersion\""), "{version}");
@@ -273,24 +264,10 @@ spec:
 #[tokio::test]
 async fn describe_shows_the_newest_message_of_each_event() {
     use certrotor::controller::events::{EventRecorder, EventType};
-    let Some(binary) = find_kubectl() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install kubectl (scripts/ci-tools.sh) before the tests"
-        );
-        eprintln!("no kubectl found; skipping the kubectl checks (run scripts/ci-tools.sh)");
+    let Some(binary) = kubectl_or_skip("the kubectl checks") else {
         return;
     };
-    let s = StandIn::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl {
-        binary,
-        kubeconfig: dir.path().join("kubeconfig"),
-        cache: dir.path().join("cache"),
-    };
-    s.write_kubeconfig(&k.kubeconfig).unwrap();
+    let (s, _dir, k) = standin_with_kubectl(binary).await;
     k.run(&["apply", "-f", "-"], Some(&certrotor::api::crds_yaml()))
         .await;
     k.run(&["apply", "-f", "-"], Some(TENANT_CERTIFICATE)).await;

@@ -256,19 +256,7 @@ async fn crash_after_upload_adopts_instead_of_duplicating() {
     env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
         .await;
     // The operator uploaded, then died before writing status: do its upload by hand.
-    let creds: std::collections::BTreeMap<String, Vec<u8>> = env
-        .aic
-        .credentials_secret_data()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    let client = AicClient::new(
-        &env.aic.url(),
-        Credentials::from_secret_data(&creds).unwrap(),
-        None,
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let client = sim_client(&env);
     let key8 = certrotor::pki::private_key_to_pkcs8_pem(&key).unwrap();
     let uploaded = client
         .create_certificate(&chain, &key8, true)
@@ -304,19 +292,7 @@ async fn crash_after_csr_creation_adopts_the_csr() {
         &env,
     );
     env.apply(&yaml).await;
-    let creds: std::collections::BTreeMap<String, Vec<u8>> = env
-        .aic
-        .credentials_secret_data()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    let client = AicClient::new(
-        &env.aic.url(),
-        Credentials::from_secret_data(&creds).unwrap(),
-        None,
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let client = sim_client(&env);
     let spec = env.get("idp").await.spec.csr.unwrap();
     let made = client.create_csr(&(&spec).into()).await.unwrap();
 

@@ -192,18 +192,29 @@ async fn set_annotation(
     value: Option<&str>,
 ) -> anyhow::Result<()> {
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
-    let params = PatchParams::default();
     let result = match kind {
-        Kind::Tcert => Api::<TenantCertificate>::namespaced(client.clone(), ns)
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map(|_| ()),
-        Kind::Didc => Api::<DeviceIdCredential>::namespaced(client.clone(), ns)
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map(|_| ()),
+        Kind::Tcert => patch_merge::<TenantCertificate>(client, ns, name, &patch).await,
+        Kind::Didc => patch_merge::<DeviceIdCredential>(client, ns, name, &patch).await,
     };
     result.map_err(|e| not_found_or(e, kind, ns, name))
+}
+
+async fn patch_merge<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
 }
 
 /// kube's errors, with a plain sentence for the common one.
@@ -223,45 +234,35 @@ async fn targets(
     kind: Kind,
     all_namespaces: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let lp = ListParams::default();
-    let names = |items: Vec<(Option<String>, String)>| {
-        items
-            .into_iter()
-            .map(|(n, name)| (n.unwrap_or_default(), name))
-            .collect::<Vec<_>>()
-    };
     Ok(match kind {
-        Kind::Tcert => {
-            let api: Api<TenantCertificate> = if all_namespaces {
-                Api::all(client.clone())
-            } else {
-                Api::namespaced(client.clone(), ns)
-            };
-            names(
-                api.list(&lp)
-                    .await?
-                    .items
-                    .into_iter()
-                    .map(|o| (o.namespace(), o.name_any()))
-                    .collect(),
-            )
-        }
-        Kind::Didc => {
-            let api: Api<DeviceIdCredential> = if all_namespaces {
-                Api::all(client.clone())
-            } else {
-                Api::namespaced(client.clone(), ns)
-            };
-            names(
-                api.list(&lp)
-                    .await?
-                    .items
-                    .into_iter()
-                    .map(|o| (o.namespace(), o.name_any()))
-                    .collect(),
-            )
-        }
+        Kind::Tcert => names_of::<TenantCertificate>(client, ns, all_namespaces).await?,
+        Kind::Didc => names_of::<DeviceIdCredential>(client, ns, all_namespaces).await?,
     })
+}
+
+async fn names_of<K>(
+    client: &Client,
+    ns: &str,
+    all_namespaces: bool,
+) -> Result<Vec<(String, String)>, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = if all_namespaces {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    };
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+        .collect())
 }
 
 async fn renew(

@@ -114,41 +114,31 @@ fn collect_sites(
             );
         }
     }
-    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        let n = max_items(schema, items);
-        collect_sites(
-            items,
-            &join_schema(schema_path, "items"),
-            &format!(
-                "{}[*]",
-                if data_path.is_empty() {
-                    "<root>"
-                } else {
-                    data_path
-                }
-            ),
-            cardinality.saturating_mul(n),
-            out,
-        );
-    }
-    if let Some(values) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        let n = max_properties(schema, values);
-        collect_sites(
-            values,
-            &join_schema(schema_path, "additionalProperties"),
-            &format!(
-                "{}[*]",
-                if data_path.is_empty() {
-                    "<root>"
-                } else {
-                    data_path
-                }
-            ),
-            cardinality.saturating_mul(n),
-            out,
-        );
+    // List items and map values: a rule there runs once per element.
+    let elements: [(&str, ElementCount); 2] = [
+        ("items", max_items),
+        ("additionalProperties", max_properties),
+    ];
+    let here = if data_path.is_empty() {
+        "<root>"
+    } else {
+        data_path
+    };
+    for (key, count) in elements {
+        if let Some(element) = schema.get(key).filter(|e| e.is_object()) {
+            collect_sites(
+                element,
+                &join_schema(schema_path, key),
+                &format!("{here}[*]"),
+                cardinality.saturating_mul(count(schema, element)),
+                out,
+            );
+        }
     }
 }
+
+/// How many elements (list items, map values) a schema allows.
+type ElementCount = fn(&Value, &Value) -> u64;
 
 fn u64_of(schema: &Value, key: &str) -> Option<u64> {
     schema.get(key).and_then(|v| {
