@@ -993,3 +993,68 @@ async fn a_lagging_list_never_makes_a_certificate_vanish() {
     );
     env.shutdown().await;
 }
+
+/// A 400 the tenant would give again (it refuses the chain) is `Stalled` with the tenant's
+/// message and not sent again until the Secret, the spec or the renew request changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_not_retried_until_something_changes() {
+    let env = Env::start(sim_config()).await;
+    env.aic.knobs().set_reject_uploads_next(2);
+    let (chain, key) = env.issue(&["refused.example.com"], 90);
+    env.put_tls("refused-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("refused", "refused-tls", ""), &env))
+        .await;
+    let uploads = |env: &Env| {
+        env.aic
+            .calls()
+            .iter()
+            .filter(|c| c.route == "POST /environment/certificates")
+            .count()
+    };
+    let t = env
+        .wait_for("refused", 20, "Stalled", |t| stalled_reason(t).is_some())
+        .await;
+    assert_eq!(stalled_reason(&t).as_deref(), Some("TenantRejected"));
+    let message = t
+        .status
+        .as_ref()
+        .and_then(|s| certrotor::api::condition(&s.conditions, "Stalled"))
+        .map(|c| c.message.clone())
+        .unwrap();
+    assert!(message.contains("Invalid certificate chain"), "{message}");
+    env.wait_event("refused", "Warning", "TenantRejected").await;
+    // Reconciles come and go (the Secret is touched); the refused upload is not sent again.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
+    let touch = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    secrets
+        .patch(
+            "refused-tls",
+            &PatchParams::default(),
+            &Patch::Merge(&touch),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(uploads(&env), 1, "one refused upload, not one per backoff");
+    // A renew request is a new try (refused once more), a new certificate in the Secret another.
+    let renew =
+        serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "try-again"}}});
+    env.tcerts()
+        .patch("refused", &PatchParams::default(), &Patch::Merge(&renew))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while uploads(&env) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renew request was not a new try"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(uploads(&env), 2);
+    let (chain2, key2) = env.issue(&["refused.example.com"], 90);
+    env.put_tls("refused-tls", &chain2, &key2).await;
+    env.wait_ready("refused").await;
+    env.shutdown().await;
+}

@@ -236,6 +236,10 @@ pub struct TenantCertificateStatus {
     /// Consecutive failures, for the retry backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<i32>,
+    /// The tenant refused a step for good (a 400): the same step is not tried again until the
+    /// Secret, the spec or the renew request changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<TenantRejection>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -261,4 +265,19 @@ pub struct PendingCertificate {
     /// Why: `Renewal`, `SecretChanged`, `RenewRequested`, `Initial`.
     pub reason: String,
     pub since: String,
+}
+
+/// What the tenant refused, and the inputs it refused: a change to any of them is a new try.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantRejection {
+    /// The tenant's answer.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The source certificate's fingerprint at the time (none: no chain yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_request: Option<String>,
 }

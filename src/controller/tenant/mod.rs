@@ -22,7 +22,7 @@ use super::{Context, Error};
 use crate::aic::{AicClient, AicError, Certificate, CsrRequest};
 use crate::api::{
     self, CsrStatus, DeletionPolicy, PendingCertificate, TenantCertificate,
-    TenantCertificateStatus, Verdict,
+    TenantCertificateStatus, TenantRejection, Verdict,
 };
 use crate::pki;
 use plan::{Invalid, Observation, Plan, Source, Step};
@@ -77,6 +77,18 @@ struct Run<'a> {
     /// That list, shared with every reconcile that uses it: read for adoption, never copied.
     /// The map the planner sees holds only the certificates this resource knows.
     listed: Arc<Vec<Certificate>>,
+    /// What a refusal met in this reconcile would depend on (set once the source is read).
+    rejection_inputs: Option<TenantRejection>,
+    /// The step under way sends the tenant our input (an upload, a CSR, a chain): a 400 to it
+    /// would be the same next time. A 400 to an activation or a deletion may not be.
+    sending_input: bool,
+}
+
+fn rejected_message(tenant_said: &str) -> String {
+    format!(
+        "{tenant_said}; the tenant would refuse the same again, so certrotor waits: change the Secret or the spec, or set {}, to try again",
+        api::RENEW_ANNOTATION
+    )
 }
 
 /// The certificates of a tenant list that this resource knows (recorded in status): all the
@@ -102,6 +114,8 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
+        rejection_inputs: None,
+        sending_input: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -125,6 +139,19 @@ impl Run<'_> {
             Ok(s) => s,
             Err(invalid) => return Ok(self.stall(invalid)),
         };
+        // A refusal the tenant would repeat is not sent again until something it depends on
+        // changes: the Secret, the spec, or the renew request.
+        let inputs = self.rejection_inputs(&source);
+        if let Some(rejected) = self.status.rejected.clone() {
+            if plan::rejection_applies(&rejected, &inputs) {
+                return Ok(self.stall(Invalid {
+                    reason: "TenantRejected",
+                    message: rejected_message(&rejected.message),
+                }));
+            }
+            self.status.rejected = None;
+        }
+        self.rejection_inputs = Some(inputs);
         let client = match self.tenant_client(&secrets).await? {
             Ok(c) => c,
             Err(invalid) => return Ok(self.stall(invalid)),
@@ -269,6 +296,10 @@ impl Run<'_> {
                     return Ok(Action::requeue(after));
                 }
                 step => {
+                    self.sending_input = matches!(
+                        step,
+                        Step::Upload { .. } | Step::CreateCsr { .. } | Step::CompleteCsr { .. }
+                    );
                     let done = self
                         .perform(
                             client,
@@ -633,7 +664,33 @@ impl Run<'_> {
         Action::requeue(Duration::from_secs(600))
     }
 
+    /// What a refusal depends on, now.
+    fn rejection_inputs(&self, source: &Source) -> TenantRejection {
+        TenantRejection {
+            message: String::new(),
+            generation: self.obj.meta().generation,
+            fingerprint: source.cert().map(|c| c.leaf.fingerprint.clone()),
+            renew_request: api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
+                .map(str::to_string),
+        }
+    }
+
     fn tenant_failure(&mut self, err: AicError) -> Action {
+        if let (AicError::BadRequest { message, .. }, Some(inputs), true) =
+            (&err, self.rejection_inputs.clone(), self.sending_input)
+        {
+            // It would answer the same again: a person has to change something first.
+            self.status.rejected = Some(TenantRejection {
+                message: message.clone(),
+                ..inputs
+            });
+            self.status.failures = None;
+            self.status.next_attempt_time = None;
+            return self.stall(Invalid {
+                reason: "TenantRejected",
+                message: rejected_message(&err.to_string()),
+            });
+        }
         let failures = self.status.failures.unwrap_or(0).saturating_add(1);
         let opts = &self.ctx.options;
         let backoff = opts
@@ -788,6 +845,8 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
+        rejection_inputs: None,
+        sending_input: false,
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(

@@ -648,6 +648,17 @@ pub fn find_adoptable_csr<'a>(
     })
 }
 
+/// A recorded refusal still holds while the inputs it refused are unchanged: the same
+/// generation, the same source certificate and the same renew request.
+pub fn rejection_applies(
+    rejected: &crate::api::TenantRejection,
+    now: &crate::api::TenantRejection,
+) -> bool {
+    rejected.generation == now.generation
+        && rejected.fingerprint == now.fingerprint
+        && rejected.renew_request == now.renew_request
+}
+
 #[cfg(test)]
 mod aligned_tests {
     use super::aligned;

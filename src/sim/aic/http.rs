@@ -354,6 +354,9 @@ async fn get_certificate(State(inner): Shared, Path(id): Path<String>) -> Respon
 }
 
 async fn upload_certificate(State(inner): Shared, body: Bytes) -> Response {
+    if inner.knobs.take_upload_rejection() {
+        return error(StatusCode::BAD_REQUEST, "Invalid certificate chain");
+    }
     let request = match json_body(&body) {
         Ok(v) => v,
         Err(e) => return bad_request(e),

@@ -69,6 +69,8 @@ pub struct Knobs {
     /// The next lists of certificates leave out every certificate but the support team's, as a
     /// list lagging behind the tenant would.
     lists_lag_next: AtomicU32,
+    /// The next uploads answer 400, as a tenant refusing a chain it will always refuse.
+    reject_uploads_next: AtomicU32,
     retry_after_secs: AtomicU64,
     /// Tokens remember the generation they were issued in; bumping it invalidates them all.
     token_generation: AtomicU64,
@@ -145,6 +147,15 @@ impl Knobs {
     }
     pub(crate) fn take_list_lag(&self) -> bool {
         self.lists_lag_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    /// The next `n` `POST /environment/certificates` answer 400 `Invalid certificate chain`.
+    pub fn set_reject_uploads_next(&self, n: u32) {
+        self.reject_uploads_next.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take_upload_rejection(&self) -> bool {
+        self.reject_uploads_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
     }
