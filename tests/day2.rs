@@ -184,7 +184,12 @@ async fn status_shows_conditions_certificates_events_and_exits_by_readiness() {
         "certificate ccrt-second is active and live",
     ] {
         recorder
-            .publish(&login.object_ref(&()), api_event_type(), "Ready", note)
+            .publish(
+                &login.object_ref(&()),
+                certrotor::controller::events::EventType::Normal,
+                "Ready",
+                note,
+            )
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -253,10 +258,6 @@ async fn status_shows_conditions_certificates_events_and_exits_by_readiness() {
     assert_eq!(code, 2);
     assert!(err.starts_with("error: no kubeconfig"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-}
-
-fn api_event_type() -> certrotor::controller::events::EventType {
-    certrotor::controller::events::EventType::Normal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,11 +77,6 @@ struct Run<'a> {
     /// That list, shared with every reconcile that uses it: read for adoption, never copied.
     /// The map the planner sees holds only the certificates this resource knows.
     listed: Arc<Vec<Certificate>>,
-    /// What a refusal met in this reconcile would depend on (set once the source is read).
-    rejection_inputs: Option<TenantRejection>,
-    /// The step under way sends the tenant our input (an upload, a CSR, a chain): a 400 to it
-    /// would be the same next time. A 400 to an activation or a deletion may not be.
-    sending_input: bool,
 }
 
 fn rejected_message(tenant_said: &str) -> String {
@@ -114,8 +109,6 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
-        rejection_inputs: None,
-        sending_input: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -151,7 +144,6 @@ impl Run<'_> {
             }
             self.status.rejected = None;
         }
-        self.rejection_inputs = Some(inputs);
         let client = match self.tenant_client(&secrets).await? {
             Ok(c) => c,
             Err(invalid) => return Ok(self.stall(invalid)),
@@ -159,6 +151,7 @@ impl Run<'_> {
         match self.drive(&client, &source).await {
             Ok(action) => Ok(action),
             Err(StepError::Tenant(e)) => Ok(self.tenant_failure(e)),
+            Err(StepError::Rejected(message)) => Ok(self.rejected(inputs, message)),
             Err(StepError::Invalid(invalid)) => Ok(self.stall(invalid)),
             Err(StepError::Kube(e)) => Err(e),
             Err(StepError::NotYet(message)) => {
@@ -296,7 +289,9 @@ impl Run<'_> {
                     return Ok(Action::requeue(after));
                 }
                 step => {
-                    self.sending_input = matches!(
+                    // A 400 to what we send (an upload, a CSR, a chain) would be the same next
+                    // time; a 400 to an activation or a deletion may not be.
+                    let sends_input = matches!(
                         step,
                         Step::Upload { .. } | Step::CreateCsr { .. } | Step::CompleteCsr { .. }
                     );
@@ -311,7 +306,12 @@ impl Run<'_> {
                         .await;
                     // Even a failed call may have taken effect: later lists must start after it.
                     self.ctx.record_tenant_mutation(&uid);
-                    done?
+                    done.map_err(|e| match e {
+                        StepError::Tenant(AicError::BadRequest { message, .. }) if sends_input => {
+                            StepError::Rejected(message)
+                        }
+                        other => other,
+                    })?
                 }
             }
         }
@@ -675,22 +675,20 @@ impl Run<'_> {
         }
     }
 
+    /// The tenant refused what we sent and would refuse it again: recorded with the inputs it
+    /// refused, so a person has to change one of them before it is sent again.
+    fn rejected(&mut self, inputs: TenantRejection, message: String) -> Action {
+        let tenant_said = format!("tenant rejected the request (400): {message}");
+        self.status.rejected = Some(TenantRejection { message, ..inputs });
+        self.status.failures = None;
+        self.status.next_attempt_time = None;
+        self.stall(Invalid {
+            reason: "TenantRejected",
+            message: rejected_message(&tenant_said),
+        })
+    }
+
     fn tenant_failure(&mut self, err: AicError) -> Action {
-        if let (AicError::BadRequest { message, .. }, Some(inputs), true) =
-            (&err, self.rejection_inputs.clone(), self.sending_input)
-        {
-            // It would answer the same again: a person has to change something first.
-            self.status.rejected = Some(TenantRejection {
-                message: message.clone(),
-                ..inputs
-            });
-            self.status.failures = None;
-            self.status.next_attempt_time = None;
-            return self.stall(Invalid {
-                reason: "TenantRejected",
-                message: rejected_message(&err.to_string()),
-            });
-        }
         let failures = self.status.failures.unwrap_or(0).saturating_add(1);
         let opts = &self.ctx.options;
         let backoff = opts
@@ -813,6 +811,8 @@ enum StepError {
     Tenant(AicError),
     Invalid(Invalid),
     Kube(Error),
+    /// The tenant refused what we sent (a 400) and would refuse it again: its message.
+    Rejected(String),
     /// The tenant is not ready for this step yet, as expected: wait quietly.
     NotYet(String),
 }
@@ -845,8 +845,6 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
-        rejection_inputs: None,
-        sending_input: false,
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(
