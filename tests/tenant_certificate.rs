@@ -553,6 +553,57 @@ async fn chain_not_matching_the_csr_stalls_before_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_missing_a_requested_name_stalls_before_upload() {
+    let env = Env::start(sim_config()).await;
+    let yaml = with_url(
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com, sso.example.com]}",
+            "",
+        ),
+        &env,
+    );
+    env.apply(&yaml).await;
+    let t = env
+        .wait_for("idp", 20, "CSR", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
+    let csr = t.status.unwrap().csr.unwrap();
+    // The CA signs the tenant's key, but its policy dropped one of the names.
+    let now = jiff::Timestamp::now();
+    let chain = env
+        .ca
+        .sign_csr_naming(
+            &csr.request,
+            Some(&["idp.example.com"]),
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(24 * 90),
+        )
+        .unwrap();
+    env.put_secret("idp-tls", [("tls.crt".to_string(), chain)].into())
+        .await;
+    let t = env
+        .wait_for("idp", 20, "stalled", |t| stalled_reason(t).is_some())
+        .await;
+    assert_eq!(stalled_reason(&t).as_deref(), Some("ChainDoesNotCoverCsr"));
+    let status = t.status.as_ref().unwrap();
+    let stalled = certrotor::api::condition(&status.conditions, "Stalled").unwrap();
+    assert!(
+        stalled.message.contains("sso.example.com"),
+        "{}",
+        stalled.message
+    );
+    assert!(
+        !env.tenant_calls()
+            .iter()
+            .any(|c| c.starts_with("PATCH /environment/csrs")),
+        "chain not uploaded"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_resource_makes_no_tenant_calls() {
     let env = Env::start(sim_config()).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);

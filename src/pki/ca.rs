@@ -149,6 +149,18 @@ impl Ca {
         not_before: jiff::Timestamp,
         not_after: jiff::Timestamp,
     ) -> Result<String, PkiError> {
+        self.sign_csr_naming(csr_pem, None, not_before, not_after)
+    }
+
+    /// Signs a CSR for the names given rather than those it asks for (subject CN and SANs), as a
+    /// CA policy that drops or rewrites names does: for tests of what the operator refuses.
+    pub fn sign_csr_naming(
+        &self,
+        csr_pem: &str,
+        names: Option<&[&str]>,
+        not_before: jiff::Timestamp,
+        not_after: jiff::Timestamp,
+    ) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
             rcgen::Error::CouldNotParseCertificationRequest
             | rcgen::Error::InvalidCertificationRequestSignature => {
@@ -156,6 +168,17 @@ impl Ca {
             }
             other => rcgen_error("certificate request", other),
         })?;
+        if let Some(names) = names {
+            let mut dn = DistinguishedName::new();
+            if let Some(first) = names.first() {
+                dn.push(DnType::CommonName, *first);
+            }
+            csr.params.distinguished_name = dn;
+            csr.params.subject_alt_names = names
+                .iter()
+                .map(|n| san_type(n))
+                .collect::<Result<_, _>>()?;
+        }
         leaf_profile(
             &mut csr.params,
             not_before,

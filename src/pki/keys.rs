@@ -107,7 +107,8 @@ fn key_identity(spki_der: &[u8]) -> Option<(String, Vec<u8>)> {
     ))
 }
 
-pub(crate) fn same_public_key(a: &[u8], b: &[u8]) -> bool {
+/// Whether two SubjectPublicKeyInfo DERs hold the same key (algorithm and key bits).
+pub fn same_public_key(a: &[u8], b: &[u8]) -> bool {
     matches!((key_identity(a), key_identity(b)), (Some(x), Some(y)) if x == y)
 }
 

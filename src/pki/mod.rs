@@ -15,7 +15,7 @@ mod x509;
 
 pub use keys::{
     KeyAlgorithm, check_key_matches, generate_csr, generate_key, private_key_public_der,
-    private_key_to_pkcs8_pem, reject_wildcards,
+    private_key_to_pkcs8_pem, reject_wildcards, same_public_key,
 };
 pub use x509::{check_chain, csr_info, fingerprint_of_leaf, parse_chain};
 

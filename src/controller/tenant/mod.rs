@@ -232,13 +232,12 @@ impl Run<'_> {
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
         for _ in 0..MAX_STEPS {
-            let csr_key = self
+            let pending_csr = self
                 .status
                 .pending
                 .as_ref()
                 .and_then(|p| p.csr.as_ref())
-                .and_then(|c| pki::csr_info(&c.request).ok())
-                .map(|info| info.public_key_der);
+                .map(|c| pki::csr_info(&c.request).map_err(|e| e.to_string()));
             let renew_request = renew
                 .as_deref()
                 .filter(|v| Some(*v) != self.status.last_renew_request.as_deref());
@@ -247,7 +246,7 @@ impl Run<'_> {
                 status: &self.status,
                 renew_request,
                 source,
-                pending_csr_key: csr_key.as_deref(),
+                pending_csr: pending_csr.as_ref(),
                 tenant: &tenant,
                 now: self.now,
                 poll: self.ctx.options.poll,
@@ -657,8 +656,12 @@ impl Run<'_> {
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
+        // A bad chain for a renewal leaves the certificate in place live and in use.
         let ready = api::is_true(&self.status.conditions, api::READY)
-            && invalid.reason == "ChainDoesNotMatchCsr";
+            && matches!(
+                invalid.reason,
+                "ChainDoesNotMatchCsr" | "ChainDoesNotCoverCsr" | "ChainNotNewer"
+            );
         self.conclude(Verdict::stalled(ready, invalid.reason, invalid.message));
         // Fixing the input changes the resource or a watched Secret, which reconciles at once.
         Action::requeue(Duration::from_secs(600))
@@ -782,6 +785,9 @@ fn static_reason(reason: &str) -> &'static str {
         "CertificateNotYetValid",
         "WildcardSubjectAlternativeName",
         "ChainDoesNotMatchCsr",
+        "ChainDoesNotCoverCsr",
+        "ChainNotNewer",
+        "CsrUnreadable",
         "InvalidSpec",
         "InvalidRenewBefore",
         "CsrRequired",

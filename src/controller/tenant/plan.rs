@@ -16,7 +16,7 @@ use crate::aic::Certificate;
 use crate::api::{
     KeySource, PendingCertificate, TenantCertificateSpec, TenantCertificateStatus, parse_duration,
 };
-use crate::pki::CertInfo;
+use crate::pki::{self, CertInfo, CsrInfo};
 
 /// A certificate read from the source Secret, already checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +49,8 @@ pub struct Observation<'a> {
     /// The renew annotation's value when it has not been acted on yet.
     pub renew_request: Option<&'a str>,
     pub source: &'a Source,
-    /// Public key (SPKI DER) of the pending CSR, if any.
-    pub pending_csr_key: Option<&'a [u8]>,
+    /// The pending CSR as read from its PEM (or why it could not be read), if there is one.
+    pub pending_csr: Option<&'a Result<CsrInfo, String>>,
     /// The tenant's certificates by id.
     pub tenant: &'a BTreeMap<String, Certificate>,
     pub now: Timestamp,
@@ -170,8 +170,31 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             }
             promote(&mut status, &pending, obs.source, remote);
         } else if let Some(csr) = &pending.csr {
+            let csr_info = match obs.pending_csr {
+                Some(Ok(info)) => info,
+                Some(Err(e)) => {
+                    return Err(Invalid {
+                        reason: "CsrUnreadable",
+                        message: format!(
+                            "CSR {} from the tenant cannot be parsed ({e}); set {} to have the tenant make a new one",
+                            csr.id,
+                            crate::api::RENEW_ANNOTATION
+                        ),
+                    });
+                }
+                None => {
+                    return Err(Invalid {
+                        reason: "CsrUnreadable",
+                        message: format!("CSR {} has no request in status", csr.id),
+                    });
+                }
+            };
             match obs.source.cert() {
-                Some(cert) if obs.pending_csr_key == Some(cert.leaf.public_key_der.as_slice()) => {
+                // The chain of the certificate in place: nothing new has been signed yet.
+                Some(cert)
+                    if status.fingerprint.as_deref() == Some(cert.leaf.fingerprint.as_str()) => {}
+                Some(cert) => {
+                    check_signed_chain(spec, &status, &csr.id, csr_info, &cert.leaf)?;
                     return Ok(Plan {
                         status,
                         step: Step::CompleteCsr {
@@ -179,32 +202,20 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                         },
                     });
                 }
-                Some(cert)
-                    if status.fingerprint.as_deref() != Some(cert.leaf.fingerprint.as_str()) =>
-                {
-                    return Err(Invalid {
-                        reason: "ChainDoesNotMatchCsr",
-                        message: format!(
-                            "tls.crt in Secret {} holds a certificate whose key is not the key of CSR {}: sign the CSR in status.csr.request",
-                            spec.secret_ref.name, csr.id
-                        ),
-                    });
-                }
-                _ => {
-                    let message = format!(
-                        "waiting for the signed chain of CSR {} in Secret {} (tls.crt); the CSR is in status.csr.request",
-                        csr.id, spec.secret_ref.name
-                    );
-                    return Ok(Plan {
-                        status,
-                        step: Step::Wait {
-                            reason: "AwaitingSignedChain",
-                            message,
-                            after: obs.poll.resync,
-                        },
-                    });
-                }
+                None => {}
             }
+            let message = format!(
+                "waiting for the signed chain of CSR {} in Secret {} (tls.crt); the CSR is in status.csr.request",
+                csr.id, spec.secret_ref.name
+            );
+            return Ok(Plan {
+                status,
+                step: Step::Wait {
+                    reason: "AwaitingSignedChain",
+                    message,
+                    after: obs.poll.resync,
+                },
+            });
         } else {
             // A pending record with neither id nor CSR carries nothing to resume.
             status.pending = None;
@@ -320,6 +331,76 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             after,
         },
     })
+}
+
+/// Tenant mode: a chain newly written for the pending CSR, checked before it is sent. It must
+/// carry the CSR's key (compared as keys, not as DER bytes), name the CSR's common name and every
+/// SAN it asked for, and outlive the certificate in place (an older chain would be a step back,
+/// and the renewal it answers would fall due again at once).
+pub fn check_signed_chain(
+    spec: &TenantCertificateSpec,
+    status: &TenantCertificateStatus,
+    csr_id: &str,
+    csr: &CsrInfo,
+    leaf: &CertInfo,
+) -> Result<(), Invalid> {
+    let secret = &spec.secret_ref.name;
+    if !pki::same_public_key(&csr.public_key_der, &leaf.public_key_der) {
+        return Err(Invalid {
+            reason: "ChainDoesNotMatchCsr",
+            message: format!(
+                "tls.crt in Secret {secret} holds a certificate whose key is not the key of CSR {csr_id}: sign the CSR in status.csr.request"
+            ),
+        });
+    }
+    let has = |name: &str| {
+        leaf.subject_alternative_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    };
+    let mut missing: Vec<&str> = csr
+        .subject_alternative_names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !has(n))
+        .collect();
+    if let Some(cn) = common_name(&csr.subject)
+        && !has(cn)
+        && common_name(&leaf.subject).is_none_or(|l| !l.eq_ignore_ascii_case(cn))
+    {
+        missing.insert(0, cn);
+    }
+    if !missing.is_empty() {
+        return Err(Invalid {
+            reason: "ChainDoesNotCoverCsr",
+            message: format!(
+                "tls.crt in Secret {secret} does not name {} that CSR {csr_id} asks for: the CA dropped them; sign the CSR as requested",
+                missing.join(", ")
+            ),
+        });
+    }
+    if let Some(current) = status
+        .not_after
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        && leaf.not_after <= current
+    {
+        return Err(Invalid {
+            reason: "ChainNotNewer",
+            message: format!(
+                "tls.crt in Secret {secret} expires at {}, not later than the certificate in place ({current}): put a newly signed chain for CSR {csr_id}",
+                leaf.not_after
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The CN of an RFC 4514-style subject (`CN=a,O=b`).
+fn common_name(subject: &str) -> Option<&str> {
+    subject
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("CN="))
 }
 
 /// Drops ids the tenant no longer has (deleted by hand or by an earlier, unrecorded step).

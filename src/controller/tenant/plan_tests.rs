@@ -48,9 +48,34 @@ fn leaf(fp: &str) -> CertInfo {
         not_after: ts("2027-01-30T00:00:00Z"),
         serial_number: "01".into(),
         fingerprint: fp.into(),
-        public_key_der: fp.as_bytes().to_vec(),
+        public_key_der: spki(fp),
         is_ca: false,
     }
+}
+
+/// A real SubjectPublicKeyInfo per name (the planner compares keys as keys), made once.
+fn spki(name: &str) -> Vec<u8> {
+    thread_local! {
+        static KEYS: std::cell::RefCell<BTreeMap<String, Vec<u8>>> = Default::default();
+    }
+    KEYS.with(|keys| {
+        keys.borrow_mut()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let key = crate::pki::generate_key(crate::pki::KeyAlgorithm::EcdsaP256).unwrap();
+                crate::pki::private_key_public_der(&key).unwrap()
+            })
+            .clone()
+    })
+}
+
+/// What the tenant's CSR asks for, with the key named `key`.
+fn csr_info(key: &str) -> Result<crate::pki::CsrInfo, String> {
+    Ok(crate::pki::CsrInfo {
+        subject: "CN=login.example.com,O=Acme".into(),
+        subject_alternative_names: vec!["login.example.com".into()],
+        public_key_der: spki(key),
+    })
 }
 
 fn source(fp: &str) -> Source {
@@ -79,7 +104,7 @@ struct Case {
     source: Source,
     tenant: BTreeMap<String, Certificate>,
     renew: Option<&'static str>,
-    csr_key: Option<Vec<u8>>,
+    csr: Option<Result<crate::pki::CsrInfo, String>>,
     now: Timestamp,
 }
 
@@ -91,7 +116,7 @@ impl Case {
             source: source(fp),
             tenant: BTreeMap::new(),
             renew: None,
-            csr_key: None,
+            csr: None,
             now: ts("2026-11-23T10:00:00Z"),
         }
     }
@@ -101,7 +126,7 @@ impl Case {
             status: &self.status,
             renew_request: self.renew,
             source: &self.source,
-            pending_csr_key: self.csr_key.as_deref(),
+            pending_csr: self.csr.as_ref(),
             tenant: &self.tenant,
             now: self.now,
             poll: PollPolicy::default(),
@@ -312,6 +337,7 @@ fn tenant_mode_waits_for_a_chain_that_matches_the_csr() {
         since: "2026-11-23T09:00:00Z".into(),
         ..Default::default()
     });
+    c.csr = Some(csr_info("fp1"));
     assert!(matches!(
         c.step(),
         Step::Wait {
@@ -321,16 +347,110 @@ fn tenant_mode_waits_for_a_chain_that_matches_the_csr() {
     ));
 
     c.source = source("fp1");
-    c.csr_key = Some(b"another key".to_vec());
+    c.csr = Some(csr_info("another key"));
     assert_eq!(c.plan().unwrap_err().reason, "ChainDoesNotMatchCsr");
 
-    c.csr_key = Some(b"fp1".to_vec());
+    c.csr = Some(csr_info("fp1"));
     assert_eq!(
         c.step(),
         Step::CompleteCsr {
             csr_id: "csr-1".into()
         }
     );
+}
+
+fn awaiting_chain(c: &mut Case) {
+    c.spec = spec(KeySource::Tenant);
+    c.status.pending = Some(PendingCertificate {
+        csr: Some(CsrStatus {
+            id: "csr-1".into(),
+            request: "pem".into(),
+        }),
+        reason: "Initial".into(),
+        since: "2026-11-23T09:00:00Z".into(),
+        ..Default::default()
+    });
+    c.csr = Some(csr_info("fp1"));
+}
+
+#[test]
+fn tenant_mode_chain_must_name_what_the_csr_asks_for() {
+    let mut c = Case::local("fp1");
+    awaiting_chain(&mut c);
+    let Source::Present(cert) = &mut c.source else {
+        unreachable!()
+    };
+    // The CA dropped a requested SAN (the CN is still in the subject).
+    cert.leaf.subject_alternative_names = vec!["other.example.com".into()];
+    let mut csr = csr_info("fp1").unwrap();
+    csr.subject_alternative_names = vec!["login.example.com".into(), "sso.example.com".into()];
+    c.csr = Some(Ok(csr.clone()));
+    let err = c.plan().unwrap_err();
+    assert_eq!(err.reason, "ChainDoesNotCoverCsr");
+    assert!(
+        err.message.contains("login.example.com, sso.example.com"),
+        "{}",
+        err.message
+    );
+
+    // Names compare as DNS names do: without regard to case.
+    let Source::Present(cert) = &mut c.source else {
+        unreachable!()
+    };
+    cert.leaf.subject_alternative_names =
+        vec!["LOGIN.example.com".into(), "sso.example.com".into()];
+    assert!(matches!(c.step(), Step::CompleteCsr { .. }));
+
+    // The CSR's common name must be named too, in the SANs or as the leaf's CN.
+    let Source::Present(cert) = &mut c.source else {
+        unreachable!()
+    };
+    cert.leaf.subject = "CN=other.example.com".into();
+    csr.subject = "CN=www.example.com".into();
+    c.csr = Some(Ok(csr));
+    let err = c.plan().unwrap_err();
+    assert_eq!(err.reason, "ChainDoesNotCoverCsr");
+    assert!(err.message.contains("www.example.com"), "{}", err.message);
+}
+
+#[test]
+fn tenant_mode_keys_compare_as_keys_not_bytes() {
+    let mut c = Case::local("fp1");
+    awaiting_chain(&mut c);
+    // The same key, encoded with a trailing byte after the SPKI (what a DER comparison trips
+    // over): still the same key.
+    let mut csr = csr_info("fp1").unwrap();
+    csr.public_key_der.push(0);
+    c.csr = Some(Ok(csr));
+    assert!(matches!(c.step(), Step::CompleteCsr { .. }));
+}
+
+#[test]
+fn tenant_mode_unreadable_csr_is_reported_as_such() {
+    let mut c = Case::local("fp1");
+    awaiting_chain(&mut c);
+    c.csr = Some(Err("invalid PEM: no CERTIFICATE REQUEST block".into()));
+    let err = c.plan().unwrap_err();
+    assert_eq!(err.reason, "CsrUnreadable");
+    assert!(err.message.contains("csr-1"), "{}", err.message);
+    // Even with no chain yet: the user must know the CSR cannot be signed.
+    c.source = Source::NoChain;
+    assert_eq!(c.plan().unwrap_err().reason, "CsrUnreadable");
+}
+
+#[test]
+fn tenant_mode_refuses_a_chain_that_does_not_outlive_the_current_one() {
+    let mut c = Case::local("fp2");
+    awaiting_chain(&mut c);
+    c.csr = Some(csr_info("fp2"));
+    c.status.certificate_id = Some("ccrt-1".into());
+    c.status.fingerprint = Some("fp1".into());
+    c.status.not_after = Some("2027-01-30T00:00:00Z".into());
+    c.tenant = [remote("ccrt-1", true, true)].into();
+    let err = c.plan().unwrap_err();
+    assert_eq!(err.reason, "ChainNotNewer");
+    c.status.not_after = Some("2027-01-29T23:59:59Z".into());
+    assert!(matches!(c.step(), Step::CompleteCsr { .. }));
 }
 
 #[test]
