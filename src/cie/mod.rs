@@ -5,6 +5,7 @@
 //! certificate in use, so whether to call again is the controller's decision, made against the
 //! budget (`controller::deviceid::budget`) and [`CieError::outcome_may_have_happened`].
 
+pub mod budget;
 mod error;
 
 use std::fmt;

@@ -11,7 +11,8 @@ use kube::{Client, ResourceExt};
 use super::time::{local, relative};
 use super::{Kind, not_found_or};
 use crate::api::{self, DeviceIdCredential, TenantCertificate};
-use crate::controller::deviceid::{budget, plan};
+use crate::cie::budget;
+use crate::controller::deviceid::plan;
 
 pub async fn show(
     client: Client,

@@ -44,10 +44,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The `metric_label()` of every failure (`CleanupPending` is not one), so that the error
-    /// counters can start at zero.
-    pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "no_namespace", "serialize"];
-
+    /// One of [`metrics::FAILURE_LABELS`], or `cleanup_pending` (not a failure).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
@@ -553,10 +550,10 @@ mod tests {
             Error::Serialize(serialize),
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
         ] {
-            assert!(Error::FAILURE_LABELS.contains(&e.metric_label()), "{e}");
+            assert!(metrics::FAILURE_LABELS.contains(&e.metric_label()), "{e}");
         }
         let pending = Error::CleanupPending("p".into());
-        assert!(!Error::FAILURE_LABELS.contains(&pending.metric_label()));
+        assert!(!metrics::FAILURE_LABELS.contains(&pending.metric_label()));
         assert_eq!(outcome_of(&Err(pending)), ReconcileOutcome::CleanupPending);
         assert_eq!(
             outcome_of(&Err(Error::NoNamespace)),

@@ -22,7 +22,11 @@ use prometheus_client::registry::Registry;
 
 use crate::aic::CallObserver;
 use crate::api::{self, DeviceIdCredential, TenantCertificate};
-use crate::controller::deviceid::budget::{self, Limits};
+use crate::cie::budget::{self, Limits};
+
+/// The `error` label of every reconcile failure, so that the error counters start at zero. The
+/// controller maps its errors onto these (and tests that it does).
+pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "no_namespace", "serialize"];
 
 /// The metric names, as a scrape shows them (counters with their `_total` suffix).
 pub mod names {
@@ -193,7 +197,7 @@ impl Metrics {
                     outcome: outcome.label(),
                 });
             }
-            for error in crate::controller::Error::FAILURE_LABELS {
+            for error in FAILURE_LABELS {
                 let _ = reconcile_errors.get_or_create(&ErrorLabels { kind, error });
             }
         }
@@ -482,7 +486,7 @@ impl Collector for CacheCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::deviceid::budget::CERT_REFRESH;
+    use crate::cie::budget::CERT_REFRESH;
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -9,7 +9,6 @@
 //!
 //! Calls are serialised per endpoint and onboarding credentials ([`Shared::lock_for`]).
 
-pub mod budget;
 pub mod inputs;
 pub mod plan;
 
@@ -370,7 +369,7 @@ impl Run<'_> {
         );
         let recorded = Instant::now();
         self.write_status().await?;
-        if recorded.elapsed() > budget::MAX_RECORD_TO_SEND {
+        if recorded.elapsed() > crate::cie::budget::MAX_RECORD_TO_SEND {
             // The budget's margin no longer covers the delay: this attempt is spent unsent.
             plan::after_cert_call(&mut self.status, &Outcome::NotSent, previous, self.now, 0.0);
             return Ok(Ok(()));

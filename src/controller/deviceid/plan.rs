@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::budget::{self, CERT_REFRESH, TOKEN_REFRESH};
 use crate::api::{
     DeviceIdCredentialSpec, DeviceIdCredentialStatus, KeyAlgorithm as SpecAlgorithm, Rejection,
     parse_duration,
 };
+use crate::cie::budget::{self, CERT_REFRESH, TOKEN_REFRESH};
 use crate::pki::{CertInfo, KeyAlgorithm};
 
 /// The shortest lead before `notAfter` at which a deferred refresh (see the module docs) goes

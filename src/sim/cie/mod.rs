@@ -37,8 +37,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cie::budget::{CERT_REFRESH, TOKEN_REFRESH};
 use crate::cie::{CERT_REFRESH_PATH, TOKEN_REFRESH_PATH};
-use crate::controller::deviceid::budget::{CERT_REFRESH, TOKEN_REFRESH};
 use crate::pki;
 use tenant::{Tenant, Token, ValidCert, admit};
 use tls::{ClientCa, Peer, TlsListener};

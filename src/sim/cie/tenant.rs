@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::controller::deviceid::budget::Limits;
+use crate::cie::budget::Limits;
 
 /// A certificate the service accepts for mutual TLS.
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ pub(super) fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::deviceid::budget::{CERT_REFRESH, TOKEN_REFRESH};
+    use crate::cie::budget::{CERT_REFRESH, TOKEN_REFRESH};
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
