@@ -102,6 +102,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 min: Duration::from_millis(500),
                 max: Duration::from_secs(2),
                 resync: Duration::from_secs(600),
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -66,6 +66,10 @@ struct RunArgs {
     /// Longest wait between `live` polls.
     #[arg(long, env = "CERTROTOR_LIVE_POLL_MAX", default_value = "20s", value_parser = duration)]
     live_poll_max: Duration,
+    /// How long an activated certificate may take to go live before the resource is Stalled
+    /// (LiveTimeout); AIC usually takes about a minute.
+    #[arg(long, env = "CERTROTOR_LIVE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    live_timeout: Duration,
     /// How often a settled certificate is checked against the tenant.
     #[arg(long, env = "CERTROTOR_RESYNC", default_value = "1h", value_parser = duration)]
     resync: Duration,
@@ -344,6 +348,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 min: args.live_poll_min,
                 max: args.live_poll_max,
                 resync: args.resync,
+                live_timeout: args.live_timeout,
             },
             concurrency: args.concurrency,
             selector: args.selector.clone().filter(|s| !s.trim().is_empty()),

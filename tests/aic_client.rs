@@ -125,6 +125,9 @@ async fn upload_activate_live_deactivate_delete() {
         }
         other => panic!("deleting an active certificate: {other:?}"),
     }
+    // A short window: the client's retries (full jitter, 4 attempts) can sum to little.
+    sim.knobs()
+        .set_delete_500_window(Duration::from_millis(100));
     client.set_active(&created.id, false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Inside the empty-500 window: the client retries (idempotent) until the window closes.

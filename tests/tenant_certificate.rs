@@ -1109,3 +1109,167 @@ async fn a_refused_upload_is_not_retried_until_something_changes() {
     env.wait_ready("refused").await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_never_goes_live_stalls_and_a_newer_secret_supersedes_it() {
+    let mut env = Env::new(sim_config()).await;
+    let mut options = fast_options();
+    options.poll.live_timeout = Duration::from_secs(2);
+    env.start_operator_with(options);
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    let first = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+
+    // The tenant stops making certificates live.
+    env.aic.knobs().set_live_delay(Duration::from_secs(3600));
+    let (chain2, key2) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain2, &key2).await;
+    let t = env
+        .wait_for("login", 20, "LiveTimeout", |t| {
+            stalled_reason(t).as_deref() == Some("LiveTimeout")
+        })
+        .await;
+    let wedged = t
+        .status
+        .as_ref()
+        .unwrap()
+        .pending
+        .clone()
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    assert!(
+        is_ready(&t),
+        "the first certificate is still live and in use"
+    );
+    assert_eq!(
+        t.status.as_ref().unwrap().certificate_id.as_deref(),
+        Some(first.as_str())
+    );
+    env.wait_event("login", "Warning", "LiveTimeout").await;
+
+    // The tenant recovers, and a newer Secret supersedes the wedged certificate: it is taken
+    // out of the tenant, not left behind, and the newest one is rolled in.
+    env.aic.knobs().set_live_delay(Duration::from_millis(200));
+    let (chain3, key3) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain3, &key3).await;
+    let fp3 = fingerprint(&chain3);
+    let t = env
+        .wait_for("login", 30, "rotated to the newest Secret", |t| {
+            t.status.as_ref().unwrap().fingerprint.as_deref() == Some(fp3.as_str()) && is_ready(t)
+        })
+        .await;
+    let sim_wedged = env
+        .aic
+        .certificates()
+        .into_iter()
+        .find(|c| c.id == wedged)
+        .unwrap();
+    assert!(sim_wedged.deleted, "the superseded certificate is deleted");
+    assert!(
+        !t.status
+            .as_ref()
+            .unwrap()
+            .previous_certificate_ids
+            .contains(&wedged),
+        "and forgotten"
+    );
+    env.wait_event("login", "Normal", "Superseded").await;
+    assert_eq!(stalled_reason(&t), None);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_spec_change_rotates_and_observed_generation_waits_for_it() {
+    let env = Env::start(sim_config()).await;
+    let yaml = with_url(
+        &tenant_yaml(
+            "idp",
+            "{commonName: idp.example.com, subjectAlternativeNames: [idp.example.com]}",
+            "",
+        ),
+        &env,
+    );
+    env.apply(&yaml).await;
+    let sign = |request: &str| {
+        let now = jiff::Timestamp::now();
+        env.ca
+            .sign_csr(
+                request,
+                now - jiff::SignedDuration::from_hours(1),
+                now + jiff::SignedDuration::from_hours(24 * 90),
+            )
+            .unwrap()
+    };
+    let t = env
+        .wait_for("idp", 20, "CSR", |t| {
+            t.status.as_ref().is_some_and(|s| s.csr.is_some())
+        })
+        .await;
+    let chain = sign(&t.status.unwrap().csr.unwrap().request);
+    env.put_secret("idp-tls", [("tls.crt".to_string(), chain)].into())
+        .await;
+    let t = env.wait_ready("idp").await;
+    let generation = t.metadata.generation.unwrap();
+    assert_eq!(
+        t.status.as_ref().unwrap().observed_generation,
+        Some(generation)
+    );
+    let first_csr = t.status.unwrap().csr.unwrap().id;
+
+    // The SANs change: a new CSR that asks for them, while the old certificate stays live.
+    let patch = serde_json::json!({"spec": {"csr": {"subjectAlternativeNames": ["idp.example.com", "sso.example.com"]}}});
+    env.tcerts()
+        .patch("idp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let t = env
+        .wait_for("idp", 20, "a new CSR", |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.csr.as_ref())
+                .is_some_and(|c| c.id != first_csr)
+        })
+        .await;
+    let status = t.status.clone().unwrap();
+    assert_eq!(status.pending.as_ref().unwrap().reason, "SpecChanged");
+    assert!(is_ready(&t), "the old certificate is still live");
+    assert_eq!(
+        status.observed_generation,
+        Some(generation),
+        "not observed until a certificate reflects it"
+    );
+    let ready = certrotor::api::condition(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.observed_generation, Some(generation));
+    let info = certrotor::pki::csr_info(&status.csr.as_ref().unwrap().request).unwrap();
+    assert!(
+        info.subject_alternative_names
+            .contains(&"sso.example.com".to_string())
+    );
+
+    let chain = sign(&status.csr.unwrap().request);
+    env.put_secret("idp-tls", [("tls.crt".to_string(), chain.clone())].into())
+        .await;
+    let t = env
+        .wait_for("idp", 30, "rotated", |t| {
+            t.status.as_ref().unwrap().fingerprint.as_deref() == Some(fingerprint(&chain).as_str())
+                && is_ready(t)
+        })
+        .await;
+    let status = t.status.unwrap();
+    assert_eq!(status.observed_generation, t.metadata.generation);
+    assert!(
+        status
+            .subject_alternative_names
+            .contains(&"sso.example.com".to_string())
+    );
+    env.shutdown().await;
+}

@@ -240,6 +240,13 @@ pub struct TenantCertificateStatus {
     /// Secret, the spec or the renew request changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<TenantRejection>,
+    /// Digest of what the current certificate was made from (`keySource`, and `spec.csr` in
+    /// Tenant mode), and the generation that asked for it: while the spec asks for something
+    /// else, a rotation is due and `observedGeneration` stays at that generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_generation: Option<i64>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -262,9 +269,13 @@ pub struct PendingCertificate {
     /// Tenant mode: the CSR the pending certificate will come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csr: Option<CsrStatus>,
-    /// Why: `Renewal`, `SecretChanged`, `RenewRequested`, `Initial`.
+    /// Why: `Renewal`, `SecretChanged`, `RenewRequested`, `SpecChanged`, `Initial`.
     pub reason: String,
     pub since: String,
+    /// Digest of what the certificate is made from (`keySource`, and `spec.csr` in Tenant
+    /// mode) when it was started: a change to the spec supersedes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_for: Option<String>,
 }
 
 /// What the tenant refused, and the inputs it refused: a change to any of them is a new try.

@@ -34,6 +34,7 @@ pub fn fast_options() -> Options {
             min: Duration::from_millis(100),
             max: Duration::from_millis(400),
             resync: Duration::from_secs(600),
+            ..Default::default()
         },
         failure_backoff_base: Duration::from_millis(200),
         failure_backoff_max: Duration::from_secs(2),

@@ -276,6 +276,15 @@ impl Run<'_> {
                     self.conclude(Verdict::progressing(ready, reason, message));
                     return Ok(Action::requeue(after));
                 }
+                Step::Stuck {
+                    reason,
+                    message,
+                    after,
+                } => {
+                    let ready = self.current_settled(&tenant);
+                    self.conclude(Verdict::stalled(ready, reason, message));
+                    return Ok(Action::requeue(after));
+                }
                 Step::Settled {
                     reason,
                     message,
@@ -389,6 +398,7 @@ impl Run<'_> {
                     csr: None,
                     reason: reason.into(),
                     since,
+                    issued_for: Some(plan::issuance_digest(spec)),
                 });
                 tenant.insert(uploaded.id.clone(), uploaded);
                 if reason == "RenewRequested" {
@@ -444,6 +454,7 @@ impl Run<'_> {
                     csr: Some(status_csr),
                     reason: reason.into(),
                     since,
+                    issued_for: Some(plan::issuance_digest(spec)),
                 });
                 if reason == "RenewRequested" {
                     self.status.last_renew_request = renew_request;
@@ -505,7 +516,30 @@ impl Run<'_> {
                     p.fingerprint = Some(cert.leaf.fingerprint.clone());
                 }
             }
+            Step::DeleteCsr { csr_id, why } => {
+                match client.delete_csr(&csr_id).await {
+                    // Gone already (deleted by hand, or our earlier answer was lost): the same.
+                    Ok(()) | Err(AicError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.events.push((
+                    EventType::Normal,
+                    "Superseded",
+                    format!(
+                        "deleted CSR {csr_id}, which no chain was uploaded to: superseded by {why}"
+                    ),
+                ));
+                self.status.pending = None;
+                self.status.csr = None;
+            }
             Step::SetActive { id, active } => {
+                if !active && self.is_pending(&id) {
+                    self.events.push((
+                        EventType::Normal,
+                        "Superseded",
+                        format!("pending certificate {id} never went live and is superseded; deactivating it before deleting it"),
+                    ));
+                }
                 let updated = client.set_active(&id, active).await?;
                 let what = if active { "Activated" } else { "Deactivated" };
                 self.events.push((
@@ -526,19 +560,24 @@ impl Run<'_> {
             }
             Step::Delete { id } => match client.delete_certificate(&id).await {
                 Ok(()) => {
+                    let what = if self.is_pending(&id) {
+                        "superseded pending"
+                    } else {
+                        "old"
+                    };
                     self.events.push((
                         EventType::Normal,
                         "Deleted",
-                        format!("deleted old certificate {id}"),
+                        format!("deleted {what} certificate {id}"),
                     ));
                     tenant.remove(&id);
-                    self.status.previous_certificate_ids.retain(|p| p != &id);
+                    self.forget(&id);
                 }
                 // Already gone (someone deleted it, or our own DELETE's answer was lost and
                 // the retry found nothing): what we wanted.
                 Err(AicError::NotFound) => {
                     tenant.remove(&id);
-                    self.status.previous_certificate_ids.retain(|p| p != &id);
+                    self.forget(&id);
                 }
                 // Right after `live` turns false the tenant answers an empty 500 for a while
                 // (observed: about 17 s): expected, so a quiet wait rather than a failure.
@@ -549,9 +588,24 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(e.into()),
             },
-            Step::Wait { .. } | Step::Settled { .. } => {}
+            Step::Wait { .. } | Step::Stuck { .. } | Step::Settled { .. } => {}
         }
         Ok(())
+    }
+
+    fn is_pending(&self, id: &str) -> bool {
+        self.status
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.certificate_id.as_deref() == Some(id))
+    }
+
+    /// A deleted certificate leaves status: the pending record, or the previous ids.
+    fn forget(&mut self, id: &str) {
+        if self.is_pending(id) {
+            self.status.pending = None;
+        }
+        self.status.previous_certificate_ids.retain(|p| p != id);
     }
 
     /// `active`/`live` and renewal time of the current certificate, as the tenant reports them.
@@ -741,13 +795,22 @@ impl Run<'_> {
             self.events
                 .push((EventType::Normal, "Ready", verdict.message.clone()));
         }
-        self.status.observed_generation = self.obj.meta().generation;
-        api::apply_verdict(
-            &mut self.status.conditions,
-            &verdict,
-            self.obj.meta().generation,
-            self.now,
-        );
+        // The generation observed is the newest whose certificate is in place: while the spec
+        // asks for a certificate made differently, GitOps tools must not see it as done.
+        let generation = self.obj.meta().generation;
+        let observed = if verdict.stalled {
+            // What stops it is about the spec as it is now.
+            generation
+        } else if plan::reflects_spec(&self.obj.spec, &self.status) {
+            self.status.issued_generation = self.status.issued_for.as_ref().and(generation);
+            generation
+        } else {
+            self.status
+                .issued_generation
+                .or(self.status.observed_generation)
+        };
+        self.status.observed_generation = observed;
+        api::apply_verdict(&mut self.status.conditions, &verdict, observed, self.now);
     }
 
     /// Writes status if it changed, then the events.
@@ -788,6 +851,7 @@ fn static_reason(reason: &str) -> &'static str {
         "ChainDoesNotCoverCsr",
         "ChainNotNewer",
         "CsrUnreadable",
+        "LiveTimeout",
         "InvalidSpec",
         "InvalidRenewBefore",
         "CsrRequired",

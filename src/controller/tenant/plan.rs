@@ -66,6 +66,9 @@ pub struct PollPolicy {
     pub max: Duration,
     /// How often to look at a settled certificate (drift, deletions by hand).
     pub resync: Duration,
+    /// How long an activated certificate may take to go live before the resource is Stalled
+    /// (`LiveTimeout`); polling goes on, slowly.
+    pub live_timeout: Duration,
 }
 
 impl Default for PollPolicy {
@@ -74,6 +77,7 @@ impl Default for PollPolicy {
             min: Duration::from_secs(2),
             max: Duration::from_secs(20),
             resync: Duration::from_secs(3600),
+            live_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -92,6 +96,11 @@ pub enum Step {
     CompleteCsr {
         csr_id: String,
     },
+    /// Tenant: delete an open CSR that a newer request supersedes (the pending record goes).
+    DeleteCsr {
+        csr_id: String,
+        why: &'static str,
+    },
     SetActive {
         id: String,
         active: bool,
@@ -101,6 +110,12 @@ pub enum Step {
     },
     /// Nothing to do until something changes or `after` passes.
     Wait {
+        reason: &'static str,
+        message: String,
+        after: Duration,
+    },
+    /// Waiting, but for longer than the tenant should take: needs a look by a person.
+    Stuck {
         reason: &'static str,
         message: String,
         after: Duration,
@@ -115,7 +130,10 @@ pub enum Step {
 
 impl Step {
     pub fn is_mutation(&self) -> bool {
-        !matches!(self, Step::Wait { .. } | Step::Settled { .. })
+        !matches!(
+            self,
+            Step::Wait { .. } | Step::Stuck { .. } | Step::Settled { .. }
+        )
     }
 }
 
@@ -145,6 +163,20 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
     if let Some(pending) = status.pending.clone() {
         if let Some(id) = &pending.certificate_id {
             let remote = &obs.tenant[id];
+            // Not live yet and no longer wanted: taken out, never simply left behind.
+            if (spec.active && !remote.live || !spec.active && !remote.active)
+                && superseded(spec, &pending, obs).is_some()
+            {
+                let step = if remote.active {
+                    Step::SetActive {
+                        id: id.clone(),
+                        active: false,
+                    }
+                } else {
+                    Step::Delete { id: id.clone() }
+                };
+                return Ok(Plan { status, step });
+            }
             if spec.active && !remote.active {
                 return Ok(Plan {
                     status,
@@ -155,6 +187,21 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                 });
             }
             if spec.active && !remote.live {
+                let waited = waited(&pending.since, obs.now);
+                if waited >= obs.poll.live_timeout {
+                    let message = format!(
+                        "certificate {id} has been active for {}s and is still not live (the tenant usually takes about a minute); certrotor keeps polling: check the tenant's custom domain and certificate in its admin console",
+                        waited.as_secs()
+                    );
+                    return Ok(Plan {
+                        status,
+                        step: Step::Stuck {
+                            reason: "LiveTimeout",
+                            message,
+                            after: aligned(obs.poll.max * 3, obs.poll.min, obs.now),
+                        },
+                    });
+                }
                 let after = poll_after(&obs.poll, &pending.since, obs.now, obs.waiting_on_tenant);
                 let message = format!(
                     "certificate {id} is active; waiting for the load balancer to make it live"
@@ -189,6 +236,15 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                     });
                 }
             };
+            if let Some(why) = superseded(spec, &pending, obs) {
+                return Ok(Plan {
+                    status,
+                    step: Step::DeleteCsr {
+                        csr_id: csr.id.clone(),
+                        why,
+                    },
+                });
+            }
             match obs.source.cert() {
                 // The chain of the certificate in place: nothing new has been signed yet.
                 Some(cert)
@@ -333,6 +389,59 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
     })
 }
 
+/// Why a pending certificate or CSR that is not live is no longer wanted, if it is not: a newer
+/// Secret (Local), a renew request not yet acted on, or a spec asking for something else.
+pub fn superseded(
+    spec: &TenantCertificateSpec,
+    pending: &PendingCertificate,
+    obs: &Observation<'_>,
+) -> Option<&'static str> {
+    if obs.renew_request.is_some() {
+        return Some("a renew request");
+    }
+    if pending
+        .issued_for
+        .as_ref()
+        .is_some_and(|d| *d != issuance_digest(spec))
+    {
+        return Some("a change to the spec");
+    }
+    match (spec.key_source, obs.source.cert(), &pending.fingerprint) {
+        (KeySource::Local, Some(cert), Some(fp)) if *fp != cert.leaf.fingerprint => {
+            Some("a newer Secret")
+        }
+        _ => None,
+    }
+}
+
+/// What a certificate is made from, as far as the spec says: `keySource`, and `spec.csr` in
+/// Tenant mode. A short digest, recorded with the pending and the current certificate.
+pub fn issuance_digest(spec: &TenantCertificateSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let what = serde_json::json!({
+        "keySource": spec.key_source,
+        "csr": (spec.key_source == KeySource::Tenant).then_some(&spec.csr),
+    });
+    let digest = Sha256::digest(what.to_string().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the current certificate was made from what the spec asks for now. A certificate
+/// recorded before digests were kept is taken to reflect it (no rotation on upgrade).
+pub fn reflects_spec(spec: &TenantCertificateSpec, status: &TenantCertificateStatus) -> bool {
+    status
+        .issued_for
+        .as_ref()
+        .is_none_or(|d| *d == issuance_digest(spec))
+}
+
+fn waited(since: &str, now: Timestamp) -> Duration {
+    since
+        .parse::<Timestamp>()
+        .map(|t| Duration::from_secs(now.as_second().saturating_sub(t.as_second()).max(0) as u64))
+        .unwrap_or_default()
+}
+
 /// Tenant mode: a chain newly written for the pending CSR, checked before it is sent. It must
 /// carry the CSR's key (compared as keys, not as DER bytes), name the CSR's common name and every
 /// SAN it asked for, and outlive the certificate in place (an older chain would be a step back,
@@ -440,6 +549,9 @@ fn promote(
     }
     status.certificate_id = pending.certificate_id.clone();
     status.fingerprint = pending.fingerprint.clone();
+    if pending.issued_for.is_some() {
+        status.issued_for = pending.issued_for.clone();
+    }
     status.pending = None;
     describe_current(status, source, remote);
 }
@@ -493,6 +605,9 @@ fn new_certificate_needed(
                 Some(fp) if fp != source.leaf.fingerprint => Some(Step::Upload {
                     reason: "SecretChanged",
                 }),
+                Some(_) if !reflects_spec(spec, status) => Some(Step::Upload {
+                    reason: "SpecChanged",
+                }),
                 Some(_) => None,
             }
         }
@@ -504,6 +619,11 @@ fn new_certificate_needed(
             }
             if status.certificate_id.is_none() {
                 return Some(Step::CreateCsr { reason: "Initial" });
+            }
+            if !reflects_spec(spec, status) {
+                return Some(Step::CreateCsr {
+                    reason: "SpecChanged",
+                });
             }
             let due = renewal_time(spec, status)?;
             (obs.now >= due).then_some(Step::CreateCsr { reason: "Renewal" })
@@ -598,6 +718,7 @@ pub fn settled(s: &Settledness<'_>) -> bool {
         && status.live == Some(s.spec.active)
         && status.previous_certificate_ids.len() <= limit
         && source_matches
+        && reflects_spec(s.spec, status)
         && s.renew_request.is_none()
         && renewal_time(s.spec, status).is_none_or(|due| s.now < due)
 }
@@ -627,11 +748,7 @@ pub fn quiet_after_restart(s: &Settledness<'_>, poll: &PollPolicy) -> Option<Dur
 /// root of their number (down to half of `min`), so a fleet sees `live` sooner while the lists
 /// per certificate still fall as the fleet grows.
 pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize) -> Duration {
-    let waited = since
-        .parse::<Timestamp>()
-        .map(|t| Duration::from_secs(now.as_second().saturating_sub(t.as_second()).max(0) as u64))
-        .unwrap_or_default();
-    let single = (waited / 2).clamp(poll.min, poll.max);
+    let single = (waited(since, now) / 2).clamp(poll.min, poll.max);
     if waiting <= 1 {
         return aligned(single, poll.min, now);
     }

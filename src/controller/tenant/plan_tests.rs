@@ -153,6 +153,7 @@ fn pending(id: &str, fp: &str) -> PendingCertificate {
         csr: None,
         reason: "SecretChanged".into(),
         since: "2026-11-23T09:59:50Z".into(),
+        issued_for: None,
     }
 }
 
@@ -717,4 +718,186 @@ fn renew_before_is_capped_at_a_third_of_the_lifetime() {
         renewal_time(&spec, &status),
         Some(ts("2026-12-21T00:00:00Z"))
     );
+}
+
+fn rolling_in(c: &mut Case, active: bool) {
+    c.status = installed("ccrt-1", "fp1");
+    c.status.pending = Some(pending("ccrt-2", "fp2"));
+    c.tenant = [
+        remote("ccrt-1", true, true),
+        remote("ccrt-2", active, false),
+    ]
+    .into();
+}
+
+#[test]
+fn a_certificate_that_never_goes_live_stalls_with_live_timeout_and_keeps_polling() {
+    let mut c = Case::local("fp2");
+    rolling_in(&mut c, true);
+    c.status.pending.as_mut().unwrap().since = "2026-11-23T09:51:00Z".into();
+    assert!(matches!(
+        c.step(),
+        Step::Wait {
+            reason: "WaitingForLive",
+            ..
+        }
+    ));
+    c.status.pending.as_mut().unwrap().since = "2026-11-23T09:50:00Z".into();
+    match c.step() {
+        Step::Stuck {
+            reason: "LiveTimeout",
+            message,
+            after,
+        } => {
+            assert!(message.contains("ccrt-2"), "{message}");
+            assert!(
+                after >= PollPolicy::default().max,
+                "polls slowly: {after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_newer_secret_supersedes_a_pending_certificate_that_is_not_live() {
+    let mut c = Case::local("fp3");
+    rolling_in(&mut c, true);
+    // Taken out of the tenant: deactivated, then deleted; the live one stays as it is.
+    assert_eq!(
+        c.step(),
+        Step::SetActive {
+            id: "ccrt-2".into(),
+            active: false
+        }
+    );
+    c.tenant
+        .insert("ccrt-2".into(), remote("ccrt-2", false, false).1);
+    assert_eq!(
+        c.step(),
+        Step::Delete {
+            id: "ccrt-2".into()
+        }
+    );
+    // Once it is gone, the newer Secret is uploaded.
+    c.tenant.remove("ccrt-2");
+    let plan = c.plan().unwrap();
+    assert!(plan.status.pending.is_none());
+    assert_eq!(
+        plan.step,
+        Step::Upload {
+            reason: "SecretChanged"
+        }
+    );
+}
+
+#[test]
+fn a_live_pending_certificate_is_promoted_not_superseded() {
+    let mut c = Case::local("fp3");
+    rolling_in(&mut c, true);
+    c.tenant
+        .insert("ccrt-2".into(), remote("ccrt-2", true, true).1);
+    let plan = c.plan().unwrap();
+    assert_eq!(plan.status.certificate_id.as_deref(), Some("ccrt-2"));
+}
+
+#[test]
+fn a_renew_request_or_a_spec_change_supersedes_a_pending_certificate() {
+    let mut c = Case::local("fp2");
+    rolling_in(&mut c, false);
+    c.renew = Some("r1");
+    assert_eq!(
+        c.step(),
+        Step::Delete {
+            id: "ccrt-2".into()
+        }
+    );
+    c.renew = None;
+    c.status.pending.as_mut().unwrap().issued_for = Some("an older spec".into());
+    assert_eq!(
+        c.step(),
+        Step::Delete {
+            id: "ccrt-2".into()
+        }
+    );
+    c.status.pending.as_mut().unwrap().issued_for = Some(issuance_digest(&c.spec));
+    assert_eq!(
+        c.step(),
+        Step::SetActive {
+            id: "ccrt-2".into(),
+            active: true
+        }
+    );
+}
+
+#[test]
+fn an_open_csr_is_deleted_when_the_spec_or_a_renew_request_supersedes_it() {
+    let mut c = Case::local("fp1");
+    awaiting_chain(&mut c);
+    c.source = Source::NoChain;
+    c.status.pending.as_mut().unwrap().issued_for = Some(issuance_digest(&c.spec));
+    assert!(matches!(c.step(), Step::Wait { .. }));
+    c.spec.csr.as_mut().unwrap().subject_alternative_names =
+        vec!["login.example.com".into(), "sso.example.com".into()];
+    assert_eq!(
+        c.step(),
+        Step::DeleteCsr {
+            csr_id: "csr-1".into(),
+            why: "a change to the spec"
+        }
+    );
+    c.status.pending.as_mut().unwrap().issued_for = Some(issuance_digest(&c.spec));
+    c.renew = Some("r1");
+    assert_eq!(
+        c.step(),
+        Step::DeleteCsr {
+            csr_id: "csr-1".into(),
+            why: "a renew request"
+        }
+    );
+}
+
+#[test]
+fn a_spec_change_rotates_the_current_certificate() {
+    let mut c = Case::local("fp1");
+    c.spec = spec(KeySource::Tenant);
+    c.source = source("fp1");
+    c.status = installed("ccrt-1", "fp1");
+    c.status.issued_for = Some(issuance_digest(&c.spec));
+    c.status.not_after = Some("2027-01-30T00:00:00Z".into());
+    c.status.not_before = Some("2026-11-01T00:00:00Z".into());
+    c.tenant = [remote("ccrt-1", true, true)].into();
+    assert!(matches!(c.step(), Step::Settled { .. }));
+    assert!(reflects_spec(&c.spec, &c.status));
+
+    for change in [
+        |s: &mut TenantCertificateSpec| {
+            s.csr.as_mut().unwrap().common_name = "sso.example.com".into()
+        },
+        |s: &mut TenantCertificateSpec| s.csr.as_mut().unwrap().organization = Some("Acme".into()),
+        |s: &mut TenantCertificateSpec| s.csr.as_mut().unwrap().algorithm = CsrAlgorithm::Ecdsa,
+    ] {
+        let mut changed = c.spec.clone();
+        change(&mut changed);
+        assert!(!reflects_spec(&changed, &c.status));
+        let mut d = Case::local("fp1");
+        d.spec = changed;
+        d.source = c.source.clone();
+        d.status = c.status.clone();
+        d.tenant = c.tenant.clone();
+        assert_eq!(
+            d.step(),
+            Step::CreateCsr {
+                reason: "SpecChanged"
+            }
+        );
+    }
+    // Fields that do not shape the certificate rotate nothing.
+    c.spec.renew_before = Some("240h".into());
+    c.spec.deletion_policy = DeletionPolicy::Delete;
+    assert!(matches!(c.step(), Step::Settled { .. }));
+    // A status from before digests were kept is taken as reflecting the spec.
+    c.status.issued_for = None;
+    c.spec.csr.as_mut().unwrap().common_name = "sso.example.com".into();
+    assert!(matches!(c.step(), Step::Settled { .. }));
 }

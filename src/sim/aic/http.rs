@@ -332,23 +332,23 @@ async fn delete_csr(State(inner): Shared, Path(id): Path<String>) -> Response {
 // --- certificates ---
 
 async fn list_certificates(State(inner): Shared) -> Response {
-    let (now, delay) = (Instant::now(), inner.knobs.live_delay());
+    let now = Instant::now();
     let lagging = inner.knobs.take_list_lag();
     let state = inner.state();
     let views: Vec<_> = state
         .certs
         .iter()
         .filter(|c| !c.deleted && (!lagging || c.created_by_support))
-        .map(|c| tenant::certificate_view(c, now, delay))
+        .map(|c| tenant::certificate_view(c, now))
         .collect();
     ok_json(views)
 }
 
 async fn get_certificate(State(inner): Shared, Path(id): Path<String>) -> Response {
-    let (now, delay) = (Instant::now(), inner.knobs.live_delay());
+    let now = Instant::now();
     let state = inner.state();
     match state.certs.iter().find(|c| c.id == id && !c.deleted) {
-        Some(cert) => ok_json(tenant::certificate_view(cert, now, delay)),
+        Some(cert) => ok_json(tenant::certificate_view(cert, now)),
         None => not_found(),
     }
 }
@@ -385,7 +385,7 @@ async fn upload_certificate(State(inner): Shared, body: Bytes) -> Response {
     };
     let (now, delay) = (Instant::now(), inner.knobs.live_delay());
     tenant::set_active(&mut cert, active, now, delay);
-    let view = tenant::certificate_view(&cert, now, delay);
+    let view = tenant::certificate_view(&cert, now);
     inner.state().certs.push(cert);
     ok_json(view)
 }
@@ -403,23 +403,19 @@ async fn patch_certificate(State(inner): Shared, Path(id): Path<String>, body: B
     match tenant::parse_active_patch(&request) {
         Ok(active) => {
             tenant::set_active(cert, active, now, delay);
-            ok_json(tenant::certificate_view(cert, now, delay))
+            ok_json(tenant::certificate_view(cert, now))
         }
         Err(e) => bad_request(e),
     }
 }
 
 async fn delete_certificate(State(inner): Shared, Path(id): Path<String>) -> Response {
-    let (now, delay, window) = (
-        Instant::now(),
-        inner.knobs.live_delay(),
-        inner.knobs.delete_500_window(),
-    );
+    let (now, window) = (Instant::now(), inner.knobs.delete_500_window());
     let mut state = inner.state();
     let Some(cert) = state.certs.iter_mut().find(|c| c.id == id && !c.deleted) else {
         return not_found();
     };
-    match tenant::delete_outcome(cert, now, delay, window) {
+    match tenant::delete_outcome(cert, now, window) {
         DeleteOutcome::Active => error(
             StatusCode::BAD_REQUEST,
             "Cannot delete an active certificate, de-activate it first",

@@ -487,7 +487,6 @@ impl AicSim {
     /// Every certificate, deleted ones included.
     pub fn certificates(&self) -> Vec<SimCertificate> {
         let now = Instant::now();
-        let delay = self.inner.knobs.live_delay();
         self.inner
             .state()
             .certs
@@ -495,7 +494,7 @@ impl AicSim {
             .map(|c| SimCertificate {
                 id: c.id.clone(),
                 active: c.active,
-                live: tenant::live_at(c, now, delay),
+                live: tenant::live_at(c, now),
                 fingerprint: c.fingerprint.clone(),
                 subject: c.subject.clone(),
                 issuer: c.issuer.clone(),

@@ -25,8 +25,9 @@ pub(crate) struct CsrEntry {
 pub(crate) struct CertEntry {
     pub id: String,
     pub active: bool,
-    /// When `active` last changed; `None` means `live` has always equalled `active`.
-    pub flipped_at: Option<Instant>,
+    /// When `live` catches up with the last change of `active`: the load balancer's delay is
+    /// fixed when the change is made. `None` means `live` has always equalled `active`.
+    pub settles_at: Option<Instant>,
     /// `live` just before that flip: it stays so until the load balancer catches up.
     pub live_before_flip: bool,
     pub fingerprint: String,
@@ -40,11 +41,11 @@ pub(crate) struct CertEntry {
     pub deleted: bool,
 }
 
-/// `live` follows `active` once `live_delay` has passed since the last flip.
-pub(crate) fn live_at(cert: &CertEntry, now: Instant, live_delay: Duration) -> bool {
-    match cert.flipped_at {
+/// `live` follows `active` once the delay in force at the last flip has passed.
+pub(crate) fn live_at(cert: &CertEntry, now: Instant) -> bool {
+    match cert.settles_at {
         None => cert.active,
-        Some(at) if now.saturating_duration_since(at) >= live_delay => cert.active,
+        Some(at) if now >= at => cert.active,
         Some(_) => cert.live_before_flip,
     }
 }
@@ -60,18 +61,12 @@ pub(crate) enum DeleteOutcome {
 
 /// Observed: deleting an active certificate is refused; deleting one that was live until
 /// recently fails with an empty 500 for `window` after `live` turned false.
-pub(crate) fn delete_outcome(
-    cert: &CertEntry,
-    now: Instant,
-    live_delay: Duration,
-    window: Duration,
-) -> DeleteOutcome {
+pub(crate) fn delete_outcome(cert: &CertEntry, now: Instant, window: Duration) -> DeleteOutcome {
     if cert.active {
         return DeleteOutcome::Active;
     }
-    match cert.flipped_at {
-        Some(at) if cert.live_before_flip => {
-            let unlive_at = at + live_delay;
+    match cert.settles_at {
+        Some(unlive_at) if cert.live_before_flip => {
             if now < unlive_at || now.saturating_duration_since(unlive_at) < window {
                 DeleteOutcome::StillDetaching
             } else {
@@ -85,9 +80,9 @@ pub(crate) fn delete_outcome(
 /// Sets `active`, starting a new `live` transition only when it changes.
 pub(crate) fn set_active(cert: &mut CertEntry, active: bool, now: Instant, live_delay: Duration) {
     if cert.active != active {
-        cert.live_before_flip = live_at(cert, now, live_delay);
+        cert.live_before_flip = live_at(cert, now);
         cert.active = active;
-        cert.flipped_at = Some(now);
+        cert.settles_at = Some(now + live_delay);
     }
 }
 
@@ -105,15 +100,11 @@ pub(crate) struct CertificateView {
     subject_alternative_names: Option<Vec<String>>,
 }
 
-pub(crate) fn certificate_view(
-    cert: &CertEntry,
-    now: Instant,
-    live_delay: Duration,
-) -> CertificateView {
+pub(crate) fn certificate_view(cert: &CertEntry, now: Instant) -> CertificateView {
     CertificateView {
         id: cert.id.clone(),
         active: cert.active,
-        live: live_at(cert, now, live_delay),
+        live: live_at(cert, now),
         expire_time: cert.not_after.to_string(),
         valid_from_time: cert.not_before.to_string(),
         issuer: cert.issuer.clone(),
@@ -257,7 +248,7 @@ pub(crate) fn new_certificate(chain_pem: &str, key_pem: &str) -> Result<CertEntr
     Ok(CertEntry {
         id: format!("ccrt-{}", uuid::Uuid::new_v4()),
         active: false,
-        flipped_at: None,
+        settles_at: None,
         live_before_flip: false,
         fingerprint: leaf.fingerprint.clone(),
         subject: leaf.subject.clone(),
@@ -296,7 +287,7 @@ mod tests {
         CertEntry {
             id: "ccrt-1".into(),
             active,
-            flipped_at: None,
+            settles_at: None,
             live_before_flip: false,
             fingerprint: String::new(),
             subject: String::new(),
@@ -317,41 +308,41 @@ mod tests {
     fn live_follows_active_after_the_delay() {
         let t0 = Instant::now();
         let mut c = cert(false);
-        assert!(!live_at(&c, t0, DELAY));
+        assert!(!live_at(&c, t0));
         set_active(&mut c, true, t0, DELAY);
-        assert!(!live_at(&c, t0 + Duration::from_secs(59), DELAY));
-        assert!(live_at(&c, t0 + DELAY, DELAY));
+        assert!(!live_at(&c, t0 + Duration::from_secs(59)));
+        assert!(live_at(&c, t0 + DELAY));
         // Setting the same value again does not restart the transition.
         set_active(&mut c, true, t0 + Duration::from_secs(61), DELAY);
-        assert!(live_at(&c, t0 + Duration::from_secs(61), DELAY));
+        assert!(live_at(&c, t0 + Duration::from_secs(61)));
         let t1 = t0 + Duration::from_secs(100);
         set_active(&mut c, false, t1, DELAY);
-        assert!(live_at(&c, t1 + Duration::from_secs(59), DELAY));
-        assert!(!live_at(&c, t1 + DELAY, DELAY));
+        assert!(live_at(&c, t1 + Duration::from_secs(59)));
+        assert!(!live_at(&c, t1 + DELAY));
     }
 
     #[test]
     fn delete_is_refused_while_active_and_fails_while_detaching() {
         let t0 = Instant::now();
         let mut c = cert(true);
-        assert_eq!(delete_outcome(&c, t0, DELAY, WINDOW), DeleteOutcome::Active);
+        assert_eq!(delete_outcome(&c, t0, WINDOW), DeleteOutcome::Active);
         set_active(&mut c, false, t0, DELAY);
         assert_eq!(
-            delete_outcome(&c, t0, DELAY, WINDOW),
+            delete_outcome(&c, t0, WINDOW),
             DeleteOutcome::StillDetaching
         );
         let unlive = t0 + DELAY;
         assert_eq!(
-            delete_outcome(&c, unlive + Duration::from_secs(16), DELAY, WINDOW),
+            delete_outcome(&c, unlive + Duration::from_secs(16), WINDOW),
             DeleteOutcome::StillDetaching
         );
         assert_eq!(
-            delete_outcome(&c, unlive + WINDOW, DELAY, WINDOW),
+            delete_outcome(&c, unlive + WINDOW, WINDOW),
             DeleteOutcome::Deleted
         );
         // Never live: nothing to detach.
         assert_eq!(
-            delete_outcome(&cert(false), t0, DELAY, WINDOW),
+            delete_outcome(&cert(false), t0, WINDOW),
             DeleteOutcome::Deleted
         );
     }
@@ -392,14 +383,12 @@ mod tests {
 
     #[test]
     fn views_hide_the_pem_and_null_empty_sans() {
-        let view =
-            serde_json::to_value(certificate_view(&cert(false), Instant::now(), DELAY)).unwrap();
+        let view = serde_json::to_value(certificate_view(&cert(false), Instant::now())).unwrap();
         assert_eq!(view["subjectAlternativeNames"], Value::Null);
         assert!(view.get("certificate").is_none() && view.get("fingerprint").is_none());
         let mut with_sans = cert(true);
         with_sans.subject_alternative_names = vec!["a".into()];
-        let view =
-            serde_json::to_value(certificate_view(&with_sans, Instant::now(), DELAY)).unwrap();
+        let view = serde_json::to_value(certificate_view(&with_sans, Instant::now())).unwrap();
         assert_eq!(view["subjectAlternativeNames"], json!(["a"]));
         assert_eq!(view["live"], json!(true));
     }
