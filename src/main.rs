@@ -70,6 +70,10 @@ struct RunArgs {
     /// (LiveTimeout); AIC usually takes about a minute.
     #[arg(long, env = "CERTROTOR_LIVE_TIMEOUT", default_value = "10m", value_parser = duration)]
     live_timeout: Duration,
+    /// Deleting a TenantCertificate whose tenant credentials are gone: how long to wait for
+    /// them (or use a cached token) before letting it go, with a Warning naming what is left.
+    #[arg(long, env = "CERTROTOR_CLEANUP_TIMEOUT", default_value = "5m", value_parser = duration)]
+    cleanup_timeout: Duration,
     /// How often a settled certificate is checked against the tenant.
     #[arg(long, env = "CERTROTOR_RESYNC", default_value = "1h", value_parser = duration)]
     resync: Duration,
@@ -353,6 +357,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             selector: args.selector.clone().filter(|s| !s.trim().is_empty()),
             tenant_rate_limit: args.tenant_rate_limit.max(0.0),
+            cleanup_timeout: args.cleanup_timeout,
             ..Default::default()
         },
         leader,

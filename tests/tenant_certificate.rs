@@ -1273,3 +1273,94 @@ async fn a_csr_spec_change_rotates_and_observed_generation_waits_for_it() {
     );
     env.shutdown().await;
 }
+
+async fn delete_secret(env: &Env, name: &str) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
+    secrets.delete(name, &Default::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_teardown_cleans_up_with_the_cached_token() {
+    let env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml("login", "login-tls", "  deletionPolicy: Delete\n"),
+        &env,
+    ))
+    .await;
+    let id = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    // The credentials go first, as in a namespace teardown; then the resource.
+    delete_secret(&env, "aic-creds").await;
+    env.delete("login").await;
+    env.wait_gone("login", 30).await;
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .all(|c| c.id != id || c.deleted),
+        "cleaned up with the token still held"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_without_credentials_or_token_is_released_after_the_timeout() {
+    let mut env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml("login", "login-tls", "  deletionPolicy: Delete\n"),
+        &env,
+    ))
+    .await;
+    let id = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    // A new process holds no token; the credentials are gone.
+    env.kill_operator().await;
+    delete_secret(&env, "aic-creds").await;
+    let mut options = fast_options();
+    options.cleanup_timeout = Duration::from_secs(2);
+    env.start_operator_with(options);
+    env.delete("login").await;
+    let t = env
+        .wait_for("login", 10, "waiting for credentials", |t| {
+            stalled_reason(t).as_deref() == Some("CredentialsNotFound")
+        })
+        .await;
+    let status = t.status.unwrap();
+    let stalled = certrotor::api::condition(&status.conditions, "Stalled").unwrap();
+    assert!(stalled.message.contains(&id), "{}", stalled.message);
+    env.wait_gone("login", 30).await;
+    env.wait_event("login", "Warning", "CleanupAbandoned").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), NS);
+    let note = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupAbandoned"))
+        .and_then(|e| e.note)
+        .unwrap();
+    assert!(note.contains(&id), "the Warning names what is left: {note}");
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == id && !c.deleted),
+        "no tenant call was possible: the certificate is left, and said so"
+    );
+    env.shutdown().await;
+}

@@ -146,6 +146,15 @@ impl AicClient {
         &self.base
     }
 
+    /// Whether a token obtained earlier is still good to use (no token request needed).
+    pub async fn has_fresh_token(&self) -> bool {
+        self.token
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|t| t.is_fresh(Instant::now()))
+    }
+
     pub async fn list_certificates(&self) -> Result<Vec<Certificate>, AicError> {
         self.call(
             Op {

@@ -21,6 +21,9 @@ pub struct AicClients {
     /// credentials.
     rate_limit: f64,
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// Credentials Secret (`namespace/name`) → the key of the client made from it last: after
+    /// the Secret is deleted (namespace teardown), cleanup may still use that client's token.
+    by_source: Mutex<HashMap<String, String>>,
 }
 
 impl AicClients {
@@ -34,6 +37,7 @@ impl AicClients {
             observer,
             rate_limit,
             limiters: Mutex::new(HashMap::new()),
+            by_source: Mutex::new(HashMap::new()),
         }
     }
 
@@ -54,8 +58,10 @@ impl AicClients {
     }
 
     /// The client for this tenant and credential content; a changed Secret gets a new client.
+    /// `source` names the credentials Secret (`namespace/name`), for [`Self::cached_token`].
     pub fn get(
         &self,
+        source: &str,
         url: &str,
         credentials: &std::collections::BTreeMap<String, Vec<u8>>,
         ca_bundle: Option<&str>,
@@ -70,6 +76,10 @@ impl AicClients {
         }
         hasher.update(ca_bundle.unwrap_or_default().as_bytes());
         let key = format!("{:x}", hasher.finalize());
+        self.by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_string(), key.clone());
         let now = std::time::Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((client, used)) = clients.get_mut(&key) {
@@ -88,6 +98,10 @@ impl AicClients {
         }
         let client = Arc::new(client);
         clients.insert(key, (client.clone(), now));
+        self.by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, k| clients.contains_key(k));
         // Limiters of tenants no client uses any more go too.
         let urls: std::collections::HashSet<String> = clients
             .values()
@@ -98,6 +112,28 @@ impl AicClients {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|url, _| urls.contains(url));
         Ok(client)
+    }
+
+    /// The client last made from the credentials Secret `source` for tenant `url`, if it still
+    /// holds a token that needs no new request: the Secret itself may be gone. Only that
+    /// Secret's own client qualifies, never another namespace's credentials for the same tenant.
+    pub async fn cached_token(&self, source: &str, url: &str) -> Option<Arc<AicClient>> {
+        let key = self
+            .by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .cloned()?;
+        let client = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map(|(c, _)| c.clone())?;
+        if limiter_key(client.base_url().as_str()) != limiter_key(url) {
+            return None;
+        }
+        client.has_fresh_token().await.then_some(client)
     }
 
     /// How many clients are kept (tests).
@@ -163,10 +199,10 @@ mod tests {
             )])
         };
         let a = clients
-            .get("http://127.0.0.1:1", &creds("a"), None)
+            .get("ns/a", "http://127.0.0.1:1", &creds("a"), None)
             .unwrap();
         let again = clients
-            .get("http://127.0.0.1:1", &creds("a"), None)
+            .get("ns/a", "http://127.0.0.1:1", &creds("a"), None)
             .unwrap();
         assert!(
             Arc::ptr_eq(&a, &again),
@@ -174,7 +210,7 @@ mod tests {
         );
         assert_eq!(clients.len(), 1);
         let _b = clients
-            .get("http://127.0.0.1:1", &creds("b"), None)
+            .get("ns/b", "http://127.0.0.1:1", &creds("b"), None)
             .unwrap();
         assert_eq!(clients.len(), 2, "a new credential, a new client");
         assert_eq!(

@@ -70,6 +70,10 @@ pub struct Options {
     /// Requests per second to one AIC tenant at most (a token bucket holding a second's worth);
     /// 0 turns the limit off.
     pub tenant_rate_limit: f64,
+    /// TenantCertificate deletion: how long cleanup may wait for tenant credentials that are
+    /// gone (namespace teardown) before the finalizer is released anyway, with a Warning naming
+    /// the ids left in the tenant.
+    pub cleanup_timeout: Duration,
 }
 
 impl Default for Options {
@@ -81,6 +85,7 @@ impl Default for Options {
             concurrency: 8,
             selector: None,
             tenant_rate_limit: DEFAULT_TENANT_RATE_LIMIT,
+            cleanup_timeout: Duration::from_secs(300),
         }
     }
 }

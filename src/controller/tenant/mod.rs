@@ -661,7 +661,12 @@ impl Run<'_> {
         Ok(self
             .ctx
             .aic
-            .get(&tenant.url, &data, tenant.ca_bundle.as_deref())
+            .get(
+                &format!("{}/{name}", self.ns),
+                &tenant.url,
+                &data,
+                tenant.ca_bundle.as_deref(),
+            )
             .map_err(|e| Invalid {
                 reason: e.reason(),
                 message: format!("credentials Secret {name} / tenant: {e}"),
@@ -928,19 +933,25 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         ));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let source = format!("{ns}/{}", obj.spec.tenant.credentials_secret_ref.name);
     let client = match run.tenant_client(&secrets).await? {
         Ok(c) => c,
-        Err(invalid) => {
-            let message = format!(
-                "{}; cannot clean up the tenant. Set deletionPolicy: Retain to delete without cleanup",
-                invalid.message
-            );
-            run.conclude(Verdict::stalled(false, invalid.reason, message));
-            run.finish().await?;
-            return Err(Error::Finalizer(
-                "cleanup blocked: tenant credentials unavailable".into(),
-            ));
-        }
+        // The credentials are gone (a namespace or an Argo CD app torn down): a token this
+        // process still holds for them will do.
+        Err(invalid) => match ctx.aic.cached_token(&source, &obj.spec.tenant.url).await {
+            Some(c) => {
+                run.events.push((
+                    EventType::Normal,
+                    "CleanupWithCachedToken",
+                    format!(
+                        "{}; cleaning up with the token certrotor still holds for it",
+                        invalid.message
+                    ),
+                ));
+                c
+            }
+            None => return cleanup_without_credentials(run, invalid).await,
+        },
     };
     match cleanup_tenant(obj, &client, policy, &mut run).await {
         Ok(true) => {
@@ -964,6 +975,62 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
             Err(Error::Finalizer("cleanup failed; retrying".into()))
         }
     }
+}
+
+/// Cleanup with no way to reach the tenant: wait for the credentials up to
+/// `--cleanup-timeout` after deletion was asked for, then let the resource go with a Warning that
+/// names what is left in the tenant. A namespace being torn down must not hang on its finalizer.
+async fn cleanup_without_credentials(mut run: Run<'_>, invalid: Invalid) -> Result<Action, Error> {
+    let status = run.obj.status.clone().unwrap_or_default();
+    let mut left = plan::known_ids(&status)
+        .into_iter()
+        .map(|id| format!("certificate {id}"))
+        .collect::<Vec<_>>();
+    if let Some(csr) = status
+        .pending
+        .as_ref()
+        .filter(|p| p.certificate_id.is_none())
+        .and_then(|p| p.csr.as_ref())
+    {
+        left.push(format!("CSR {}", csr.id));
+    }
+    if left.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let timeout = run.ctx.options.cleanup_timeout;
+    let asked = run
+        .obj
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(run.now);
+    let waited =
+        Duration::from_secs(run.now.as_second().saturating_sub(asked.as_second()).max(0) as u64);
+    if waited >= timeout {
+        let message = format!(
+            "{}; no token is cached for it either. Released after waiting {}s; left in tenant {}: {}. Remove them there by hand if they are not wanted",
+            invalid.message,
+            waited.as_secs(),
+            run.obj.spec.tenant.url,
+            left.join(", ")
+        );
+        run.ctx
+            .event(run.obj, EventType::Warning, "CleanupAbandoned", message)
+            .await;
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "{}; cannot clean up the tenant. Waiting up to {}s more for the credentials (then the resource is released, leaving {}); set deletionPolicy: Retain to release it now",
+        invalid.message,
+        (timeout - waited).as_secs(),
+        left.join(", ")
+    );
+    run.conclude(Verdict::stalled(false, invalid.reason, message));
+    run.finish().await?;
+    Err(Error::CleanupPending(
+        "tenant credentials unavailable".into(),
+    ))
 }
 
 /// One pass of cleanup; `Ok(true)` when nothing is left to do.
