@@ -1364,3 +1364,39 @@ async fn deletion_without_credentials_or_token_is_released_after_the_timeout() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_backs_off_even_while_lists_succeed() {
+    let env = Env::start(sim_config()).await;
+    // Uploads answer 503 for good; lists keep working.
+    env.aic.knobs().set_fail_uploads_next(u32::MAX);
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    // fast_options: backoff from 200 ms doubling to 2 s. In 8 s that is at most about
+    // 200+400+800+1600 ms, then one every 1.6–2 s: 4 + 4 attempts, plus the client's own
+    // retries of each (it does not retry a non-idempotent upload).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let uploads = env
+        .tenant_calls()
+        .iter()
+        .filter(|c| c.starts_with("POST /environment/certificates"))
+        .count();
+    assert!(uploads >= 3, "it does retry: {uploads}");
+    assert!(
+        uploads <= 9,
+        "{uploads} uploads in 8 s: the backoff did not grow"
+    );
+    let t = env.get("login").await;
+    let status = t.status.unwrap();
+    assert!(status.failures.unwrap_or(0) >= 3, "{:?}", status.failures);
+    assert!(status.next_attempt_time.is_some());
+    // The tenant recovers: the next attempt succeeds and the streak is over.
+    env.aic.knobs().set_fail_uploads_next(0);
+    let t = env.wait_ready("login").await;
+    let status = t.status.unwrap();
+    assert_eq!(status.failures, None);
+    assert_eq!(status.next_attempt_time, None);
+    env.shutdown().await;
+}

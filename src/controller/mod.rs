@@ -37,6 +37,9 @@ pub enum Error {
     /// Cleanup has more to do (waiting for `live` to turn false, the 500 window): not a failure.
     #[error("cleanup in progress: {0}")]
     CleanupPending(String),
+    /// Cleanup failed at the tenant: retry after the failure policy's backoff.
+    #[error("cleanup failed at the tenant; next attempt in {}s", .0.as_secs())]
+    CleanupBackoff(std::time::Duration),
     #[error("object has no namespace")]
     NoNamespace,
     #[error("serialising status: {0}")]
@@ -49,6 +52,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
+            Error::CleanupBackoff(_) => "tenant",
             Error::CleanupPending(_) => "cleanup_pending",
             Error::NoNamespace => "no_namespace",
             Error::Serialize(_) => "serialize",
@@ -81,7 +85,7 @@ impl Default for Options {
         Self {
             poll: PollPolicy::default(),
             failure_backoff_base: Duration::from_secs(5),
-            failure_backoff_max: Duration::from_secs(300),
+            failure_backoff_max: Duration::from_secs(600),
             concurrency: 8,
             selector: None,
             tenant_rate_limit: DEFAULT_TENANT_RATE_LIMIT,
@@ -553,6 +557,7 @@ mod tests {
             Error::Finalizer("f".into()),
             Error::NoNamespace,
             Error::Serialize(serialize),
+            Error::CleanupBackoff(Duration::from_secs(1)),
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
         ] {
             assert!(metrics::FAILURE_LABELS.contains(&e.metric_label()), "{e}");

@@ -26,7 +26,7 @@ use crate::cie::budget::{self, Limits};
 
 /// The `error` label of every reconcile failure, so that the error counters start at zero. The
 /// controller maps its errors onto these (and tests that it does).
-pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "no_namespace", "serialize"];
+pub const FAILURE_LABELS: &[&str] = &["kube", "finalizer", "tenant", "no_namespace", "serialize"];
 
 /// The metric names, as a scrape shows them (counters with their `_total` suffix).
 pub mod names {

@@ -49,14 +49,20 @@ pub async fn reconcile(obj: Arc<TenantCertificate>, ctx: Arc<Context>) -> Result
         kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupPending(why)) => {
             Error::CleanupPending(why)
         }
+        kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupBackoff(wait)) => {
+            Error::CleanupBackoff(wait)
+        }
         other => Error::Finalizer(other.to_string()),
     })
 }
 
 /// Only Kubernetes API failures land here; back off and try again.
 pub fn error_policy(obj: Arc<TenantCertificate>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::CleanupPending(_) = err {
-        return Action::requeue(ctx.options.poll.max);
+    match err {
+        Error::CleanupPending(_) => return Action::requeue(ctx.options.poll.max),
+        // The failure policy has decided already (see `plan::failure_backoff`).
+        Error::CleanupBackoff(wait) => return Action::requeue(*wait),
+        _ => {}
     }
     tracing::warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, "reconcile error");
     Action::requeue(Duration::from_secs(5 + fastrand::u64(0..5)))
@@ -150,7 +156,7 @@ impl Run<'_> {
         };
         match self.drive(&client, &source).await {
             Ok(action) => Ok(action),
-            Err(StepError::Tenant(e)) => Ok(self.tenant_failure(e)),
+            Err(StepError::Tenant(e)) => Ok(Action::requeue(self.tenant_failure(e))),
             Err(StepError::Rejected(message)) => Ok(self.rejected(inputs, message)),
             Err(StepError::Invalid(invalid)) => Ok(self.stall(invalid)),
             Err(StepError::Kube(e)) => Err(e),
@@ -225,9 +231,6 @@ impl Run<'_> {
                 tenant.insert(id, c);
             }
         }
-        // The tenant answers again: the failure streak is over.
-        self.status.failures = None;
-        self.status.next_attempt_time = None;
         let renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
@@ -272,6 +275,7 @@ impl Run<'_> {
                     message,
                     after,
                 } => {
+                    self.end_failure_streak();
                     let ready = self.current_settled(&tenant);
                     self.conclude(Verdict::progressing(ready, reason, message));
                     return Ok(Action::requeue(after));
@@ -290,9 +294,8 @@ impl Run<'_> {
                     message,
                     after,
                 } => {
-                    self.status.failures = None;
+                    self.end_failure_streak();
                     self.status.last_failure_time = None;
-                    self.status.next_attempt_time = None;
                     self.conclude(Verdict::ready(reason, message));
                     return Ok(Action::requeue(after));
                 }
@@ -319,7 +322,9 @@ impl Run<'_> {
                             StepError::Rejected(message)
                         }
                         other => other,
-                    })?
+                    })?;
+                    // A step succeeded: the failure streak is over.
+                    self.end_failure_streak();
                 }
             }
         }
@@ -593,6 +598,11 @@ impl Run<'_> {
         Ok(())
     }
 
+    fn end_failure_streak(&mut self) {
+        self.status.failures = None;
+        self.status.next_attempt_time = None;
+    }
+
     fn is_pending(&self, id: &str) -> bool {
         self.status
             .pending
@@ -750,17 +760,17 @@ impl Run<'_> {
         })
     }
 
-    fn tenant_failure(&mut self, err: AicError) -> Action {
+    /// Records a failure and returns how long to wait before the next attempt.
+    fn tenant_failure(&mut self, err: AicError) -> Duration {
         let failures = self.status.failures.unwrap_or(0).saturating_add(1);
         let opts = &self.ctx.options;
-        let backoff = opts
-            .failure_backoff_base
-            .saturating_mul(1 << (failures - 1).min(10) as u32)
-            .min(opts.failure_backoff_max);
-        let wait = err
-            .retry_after()
-            .unwrap_or_default()
-            .max(backoff.mul_f64(0.8 + 0.4 * fastrand::f64()));
+        let wait = plan::failure_backoff(
+            opts.failure_backoff_base,
+            opts.failure_backoff_max,
+            failures.max(1) as u32,
+            err.retry_after(),
+            fastrand::f64(),
+        );
         self.status.failures = Some(failures);
         self.status.last_failure_time = Some(self.now.to_string());
         self.status.next_attempt_time = self
@@ -782,7 +792,7 @@ impl Run<'_> {
             Verdict::progressing(ready, err.reason(), message)
         };
         self.conclude(verdict);
-        Action::requeue(wait)
+        wait
     }
 
     fn conclude(&mut self, verdict: Verdict) {
@@ -970,9 +980,9 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
             ))
         }
         Err(e) => {
-            run.tenant_failure(e);
+            let wait = run.tenant_failure(e);
             run.finish().await?;
-            Err(Error::Finalizer("cleanup failed; retrying".into()))
+            Err(Error::CleanupBackoff(wait))
         }
     }
 }

@@ -777,6 +777,24 @@ pub fn aligned(interval: Duration, base: Duration, now: Timestamp) -> Duration {
     Duration::from_millis(wait as u64)
 }
 
+/// The failure policy: how long to wait after the `failures`-th failure in a row of any step
+/// (cleanup included). Exponential from `base`, with ±20 % jitter (`jitter` in [0, 1)) so a
+/// fleet does not retry in step, capped at `max`; a `Retry-After` from the tenant is honoured when
+/// longer. The streak resets only when a step succeeds, so a storm of 5xx lasting `t` costs
+/// O(log(max/base) + t/max) calls, not one every few seconds.
+pub fn failure_backoff(
+    base: Duration,
+    max: Duration,
+    failures: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    let exp = base.saturating_mul(1u32 << doublings.min(20)).min(max);
+    let jittered = exp.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max);
+    retry_after.unwrap_or_default().max(jittered)
+}
+
 /// Certificates of ours (recorded in status), for adoption and cleanup.
 pub fn known_ids(status: &TenantCertificateStatus) -> Vec<String> {
     let mut ids: Vec<String> = status.certificate_id.iter().cloned().collect();

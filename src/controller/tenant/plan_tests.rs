@@ -901,3 +901,39 @@ fn a_spec_change_rotates_the_current_certificate() {
     c.spec.csr.as_mut().unwrap().common_name = "sso.example.com".into();
     assert!(matches!(c.step(), Step::Settled { .. }));
 }
+
+proptest! {
+    /// The failure policy: never below a Retry-After, never above the cap (or that
+    /// Retry-After), growing with the streak, and a storm lasting `t` costs
+    /// O(log(max/base) + t/max) attempts.
+    #[test]
+    fn backoff_is_capped_grows_and_makes_a_storm_cost_log_t(
+        jitters in proptest::collection::vec(0.0f64..1.0, 1..400),
+        retry_after in proptest::option::of(0u64..3600),
+        storm_secs in 0u64..(24 * 3600),
+    ) {
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(600));
+        let retry_after = retry_after.map(Duration::from_secs);
+        let mut previous_floor = Duration::ZERO;
+        for (i, jitter) in jitters.iter().enumerate() {
+            let failures = i as u32 + 1;
+            let wait = failure_backoff(base, max, failures, retry_after, *jitter);
+            prop_assert!(wait >= retry_after.unwrap_or_default());
+            prop_assert!(wait <= max.max(retry_after.unwrap_or_default()));
+            let floor = failure_backoff(base, max, failures, None, 0.0);
+            prop_assert!(floor >= previous_floor, "shrank at failure {failures}");
+            previous_floor = floor;
+        }
+        // Attempts during a storm of `storm_secs`: each failure waits its backoff.
+        let mut elapsed = Duration::ZERO;
+        let mut attempts = 0u64;
+        let mut jitter = jitters.iter().cycle();
+        while elapsed < Duration::from_secs(storm_secs) {
+            attempts += 1;
+            elapsed += failure_backoff(base, max, attempts as u32, None, *jitter.next().unwrap());
+        }
+        let doublings = (max.as_secs_f64() / base.as_secs_f64()).log2().ceil() as u64;
+        let bound = doublings + 2 + storm_secs / (max.as_secs() * 8 / 10);
+        prop_assert!(attempts <= bound, "{attempts} attempts in {storm_secs}s (bound {bound})");
+    }
+}

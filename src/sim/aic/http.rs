@@ -354,6 +354,9 @@ async fn get_certificate(State(inner): Shared, Path(id): Path<String>) -> Respon
 }
 
 async fn upload_certificate(State(inner): Shared, body: Bytes) -> Response {
+    if inner.knobs.take_upload_failure() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+    }
     if inner.knobs.take_upload_rejection() {
         return error(StatusCode::BAD_REQUEST, "Invalid certificate chain");
     }

@@ -71,6 +71,8 @@ pub struct Knobs {
     lists_lag_next: AtomicU32,
     /// The next uploads answer 400, as a tenant refusing a chain it will always refuse.
     reject_uploads_next: AtomicU32,
+    /// The next uploads answer 503 (the rest of the API works): a failing step after a good list.
+    fail_uploads_next: AtomicU32,
     retry_after_secs: AtomicU64,
     /// Tokens remember the generation they were issued in; bumping it invalidates them all.
     token_generation: AtomicU64,
@@ -158,6 +160,13 @@ impl Knobs {
         self.reject_uploads_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+    /// The next `n` `POST /environment/certificates` answer 503 before doing anything.
+    pub fn set_fail_uploads_next(&self, n: u32) {
+        self.fail_uploads_next.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take_upload_failure(&self) -> bool {
+        take_one(&self.fail_uploads_next)
     }
     /// Every token issued so far becomes invalid (401).
     pub fn expire_tokens_now(&self) {
