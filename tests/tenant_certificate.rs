@@ -248,40 +248,94 @@ async fn renew_annotation_rotates_once_per_value() {
     env.shutdown().await;
 }
 
+fn ours_in_tenant(env: &Env) -> Vec<String> {
+    env.aic
+        .certificates()
+        .into_iter()
+        .filter(|c| !c.created_by_support && !c.deleted)
+        .map(|c| c.id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_upload_adopts_instead_of_duplicating() {
-    let mut env = Env::new(sim_config()).await;
+async fn a_lost_upload_answer_is_adopted_after_a_crash_not_duplicated() {
+    let mut env = Env::start(sim_config()).await;
+    // The upload takes effect; its answer is lost. Then the process dies before retrying.
+    env.aic.knobs().set_lose_creates_next(1);
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;
     env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
         .await;
-    // The operator uploaded, then died before writing status: do its upload by hand.
-    let client = sim_client(&env);
-    let key8 = certrotor::pki::private_key_to_pkcs8_pem(&key).unwrap();
-    let uploaded = client
-        .create_certificate(&chain, &key8, true)
-        .await
-        .unwrap();
+    let t = env
+        .wait_for("login", 20, "the failure recorded", |t| {
+            t.status.as_ref().is_some_and(|s| s.failures.is_some())
+        })
+        .await;
+    let intent = t
+        .status
+        .unwrap()
+        .intent
+        .expect("the intent was written before the call");
+    assert_eq!(
+        intent.fingerprint.as_deref(),
+        Some(fingerprint(&chain).as_str())
+    );
+    env.kill_operator().await;
+    let uploaded = ours_in_tenant(&env);
+    assert_eq!(uploaded.len(), 1);
 
     env.start_operator();
     let t = env.wait_ready("login").await;
-    assert_eq!(
-        t.status.unwrap().certificate_id.as_deref(),
-        Some(uploaded.id.as_str())
-    );
-    let ours = env
-        .aic
-        .certificates()
-        .into_iter()
-        .filter(|c| !c.created_by_support && !c.deleted)
-        .count();
-    assert_eq!(ours, 1, "no duplicate upload");
+    let status = t.status.unwrap();
+    assert_eq!(status.certificate_id.as_deref(), Some(uploaded[0].as_str()));
+    assert_eq!(status.intent, None, "done with");
+    assert_eq!(ours_in_tenant(&env), uploaded, "no duplicate upload");
     env.wait_event("login", "Normal", "Adopted").await;
     env.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_csr_creation_adopts_the_csr() {
+async fn an_identical_certificate_that_existed_before_is_never_adopted() {
+    let mut env = Env::new(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    // The same chain, uploaded and made live before this resource existed: by the vendor's
+    // support team, or by this resource's twin in another cluster.
+    let client = sim_client(&env);
+    let key8 = certrotor::pki::private_key_to_pkcs8_pem(&key).unwrap();
+    let foreign = client
+        .create_certificate(&chain, &key8, true)
+        .await
+        .unwrap();
+    env.apply(&with_url(
+        &local_yaml(
+            "login",
+            "login-tls",
+            "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
+    env.start_operator();
+    let t = env.wait_ready("login").await;
+    let ours = t.status.unwrap().certificate_id.unwrap();
+    assert_ne!(ours, foreign.id, "its own upload, not the look-alike");
+    // Deleting the resource removes its own certificate only.
+    env.delete("login").await;
+    env.wait_gone("login", 30).await;
+    assert_eq!(ours_in_tenant(&env), vec![foreign.id.clone()]);
+    let kept = env
+        .aic
+        .certificates()
+        .into_iter()
+        .find(|c| c.id == foreign.id)
+        .unwrap();
+    assert!(kept.active && kept.live, "never touched");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_csr_answer_is_adopted_and_a_foreign_csr_is_not() {
     let mut env = Env::new(sim_config()).await;
     let yaml = with_url(
         &tenant_yaml(
@@ -292,22 +346,98 @@ async fn crash_after_csr_creation_adopts_the_csr() {
         &env,
     );
     env.apply(&yaml).await;
+    // Someone made the same CSR by hand before.
     let client = sim_client(&env);
     let spec = env.get("idp").await.spec.csr.unwrap();
-    let made = client.create_csr(&(&spec).into()).await.unwrap();
-
+    let foreign = client.create_csr(&(&spec).into()).await.unwrap();
+    // Ours is made, but its answer is lost.
+    env.aic.knobs().set_lose_creates_next(1);
     env.start_operator();
     let t = env
         .wait_for("idp", 20, "CSR recorded", |t| {
             t.status.as_ref().is_some_and(|s| s.csr.is_some())
         })
         .await;
-    assert_eq!(t.status.unwrap().csr.unwrap().id, made.id);
+    let csr = t.status.unwrap().csr.unwrap().id;
+    assert_ne!(csr, foreign.id, "the look-alike is not adopted");
+    let live: Vec<_> = env.aic.csrs().into_iter().filter(|c| !c.deleted).collect();
     assert_eq!(
-        env.aic.csrs().iter().filter(|c| !c.deleted).count(),
-        1,
-        "no second CSR"
+        live.len(),
+        2,
+        "the hand-made one and ours; no third: {live:?}"
     );
+    assert!(live.iter().any(|c| c.id == csr));
+    env.wait_event("idp", "Normal", "Adopted").await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resources_with_the_same_chain_each_own_their_certificate() {
+    let env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("old-tls", &chain, &key).await;
+    env.put_tls("new-tls", &chain, &key).await;
+    // A migration: the same certificate managed from two places.
+    env.apply(&with_url(
+        &local_yaml(
+            "old",
+            "old-tls",
+            "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
+    let old = env
+        .wait_ready("old")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    env.apply(&with_url(
+        &local_yaml(
+            "new",
+            "new-tls",
+            "  deletionPolicy: Delete\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
+    let new = env
+        .wait_ready("new")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    assert_ne!(old, new, "each its own id");
+
+    let sim = env.aic.clone();
+    let new_id = new.clone();
+    let watcher = tokio::spawn(async move {
+        let mut gaps = 0;
+        for _ in 0..120 {
+            if !sim
+                .certificates()
+                .iter()
+                .any(|c| c.id == new_id && !c.deleted && c.live)
+            {
+                gaps += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        gaps
+    });
+    env.delete("old").await;
+    env.wait_gone("old", 30).await;
+    assert_eq!(
+        watcher.await.unwrap(),
+        0,
+        "the other's certificate stayed live throughout"
+    );
+    assert_eq!(ours_in_tenant(&env), vec![new]);
+    let t = env.get("new").await;
+    assert!(is_ready(&t));
     env.shutdown().await;
 }
 

@@ -247,6 +247,11 @@ pub struct TenantCertificateStatus {
     pub issued_for: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_generation: Option<i64>,
+    /// Written before each creating call (an upload, a CSR): what is about to be made and which
+    /// matching ids the tenant already had. After a lost answer or a crash, only something new
+    /// since the intent that matches it is adopted; never what existed before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<CreateIntent>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -277,6 +282,30 @@ pub struct PendingCertificate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_for: Option<String>,
 }
+
+/// A creating call about to be made (see `status.intent`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateIntent {
+    /// `Certificate` (an upload) or `Csr`.
+    pub kind: String,
+    /// Certificate: the leaf's sha256 fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// CSR: the common name asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// CSR: the SANs asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alternative_names: Vec<String>,
+    /// Ids of matching certificates or CSRs the tenant held just before: never adopted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing: Vec<String>,
+    pub since: String,
+}
+
+pub const INTENT_CERTIFICATE: &str = "Certificate";
+pub const INTENT_CSR: &str = "Csr";
 
 /// What the tenant refused, and the inputs it refused: a change to any of them is a new try.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -83,6 +83,13 @@ struct Run<'a> {
     /// That list, shared with every reconcile that uses it: read for adoption, never copied.
     /// The map the planner sees holds only the certificates this resource knows.
     listed: Arc<Vec<Certificate>>,
+    /// Status as last written (at first: as read).
+    written: TenantCertificateStatus,
+    /// The resourceVersion that status was read or written at (unknown after an unconditional
+    /// write).
+    resource_version: Option<String>,
+    /// This reconcile read a stale copy: it ends without writing anything.
+    stale: bool,
 }
 
 fn rejected_message(tenant_said: &str) -> String {
@@ -115,6 +122,9 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
+        written: obj.status.clone().unwrap_or_default(),
+        resource_version: obj.metadata.resource_version.clone(),
+        stale: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -160,6 +170,10 @@ impl Run<'_> {
             Err(StepError::Rejected(message)) => Ok(self.rejected(inputs, message)),
             Err(StepError::Invalid(invalid)) => Ok(self.stall(invalid)),
             Err(StepError::Kube(e)) => Err(e),
+            Err(StepError::Stale) => {
+                self.stale = true;
+                Ok(Action::requeue(self.ctx.options.poll.min))
+            }
             Err(StepError::NotYet(message)) => {
                 // An expected wait, not a failure: no Warning, no backoff, no failure count.
                 let ready = api::is_true(&self.status.conditions, api::READY);
@@ -367,8 +381,13 @@ impl Run<'_> {
                     self.list_is_strict = true;
                 }
                 let known = plan::known_ids(&self.status);
-                let adopted =
-                    plan::find_adoptable_upload(self.listed.iter(), &cert.leaf, &known).cloned();
+                let adopted = plan::find_adoptable_upload(
+                    self.listed.iter(),
+                    &cert.leaf,
+                    &known,
+                    self.status.intent.as_ref(),
+                )
+                .cloned();
                 let uploaded = match adopted {
                     Some(c) => {
                         self.events.push((
@@ -382,6 +401,25 @@ impl Run<'_> {
                         c
                     }
                     None => {
+                        // Proof of ownership for later: what is about to be uploaded, and which
+                        // look-alikes the tenant already holds, recorded before the call.
+                        let existing = plan::matching_uploads(self.listed.iter(), &cert.leaf)
+                            .into_iter()
+                            .map(|c| c.id.clone())
+                            .collect();
+                        let intent = plan::intent_for(
+                            self.status.intent.as_ref(),
+                            api::CreateIntent {
+                                kind: api::INTENT_CERTIFICATE.into(),
+                                fingerprint: Some(cert.leaf.fingerprint.clone()),
+                                existing,
+                                since: since.clone(),
+                                ..Default::default()
+                            },
+                        );
+                        let message =
+                            format!("uploading certificate {} ({reason})", cert.leaf.fingerprint);
+                        self.record_intent(intent, tenant, message).await?;
                         let key = cert.key_pem.as_deref().unwrap_or_default();
                         let c = client
                             .create_certificate(&cert.chain_pem, key, spec.active)
@@ -397,6 +435,7 @@ impl Run<'_> {
                         c
                     }
                 };
+                self.status.intent = None;
                 self.status.pending = Some(PendingCertificate {
                     certificate_id: Some(uploaded.id.clone()),
                     fingerprint: Some(cert.leaf.fingerprint.clone()),
@@ -425,15 +464,10 @@ impl Run<'_> {
                         .and_then(|p| p.csr.as_ref())
                         .map(|c| c.id.clone()),
                 );
-                let created = self
-                    .obj
-                    .meta()
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .unwrap_or(self.now);
                 let csrs = client.list_csrs().await?;
-                let csr = match plan::find_adoptable_csr(&csrs, csr_spec, &known, created) {
+                let adoptable =
+                    plan::find_adoptable_csr(&csrs, csr_spec, &known, self.status.intent.as_ref());
+                let csr = match adoptable {
                     Some(c) => {
                         self.events.push((
                             EventType::Normal,
@@ -443,6 +477,25 @@ impl Run<'_> {
                         c.clone()
                     }
                     None => {
+                        let existing = plan::matching_csrs(&csrs, csr_spec)
+                            .into_iter()
+                            .map(|c| c.id.clone())
+                            .collect();
+                        let intent = plan::intent_for(
+                            self.status.intent.as_ref(),
+                            api::CreateIntent {
+                                kind: api::INTENT_CSR.into(),
+                                common_name: Some(csr_spec.common_name.clone()),
+                                subject_alternative_names: csr_spec
+                                    .subject_alternative_names
+                                    .clone(),
+                                existing,
+                                since: since.clone(),
+                                ..Default::default()
+                            },
+                        );
+                        let message = format!("asking the tenant for a CSR ({reason})");
+                        self.record_intent(intent, tenant, message).await?;
                         let c = client.create_csr(&CsrRequest::from(csr_spec)).await?;
                         self.events.push((EventType::Normal, "CsrCreated", format!("tenant made CSR {} ({reason}); sign it and put the chain in Secret {} (tls.crt)", c.id, spec.secret_ref.name)));
                         c
@@ -452,6 +505,7 @@ impl Run<'_> {
                     id: csr.id.clone(),
                     request: csr.request.clone(),
                 };
+                self.status.intent = None;
                 self.status.csr = Some(status_csr.clone());
                 self.status.pending = Some(PendingCertificate {
                     certificate_id: None,
@@ -596,6 +650,56 @@ impl Run<'_> {
             Step::Wait { .. } | Step::Stuck { .. } | Step::Settled { .. } => {}
         }
         Ok(())
+    }
+
+    /// Writes the intent to status before the creating call it announces: if the answer is
+    /// lost or the process dies, the next reconcile knows what it may adopt. Skipped when the
+    /// same intent is recorded already (a retry).
+    async fn record_intent(
+        &mut self,
+        intent: api::CreateIntent,
+        tenant: &BTreeMap<String, Certificate>,
+        message: String,
+    ) -> Result<(), StepError> {
+        if self.status.intent.as_ref() == Some(&intent) && self.written_intent() {
+            return Ok(());
+        }
+        self.status.intent = Some(intent);
+        let ready = self.current_settled(tenant);
+        self.conclude(Verdict::progressing(ready, "Creating", message));
+        // Conditional on the resourceVersion this reconcile read: a reconcile that started from a
+        // stale copy (the cache lags behind our own last write) must not create anything.
+        match self.write_status_if_unchanged().await {
+            Ok(()) => Ok(()),
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => Err(StepError::Stale),
+            Err(e) => Err(StepError::Kube(e)),
+        }
+    }
+
+    /// Writes status with the resourceVersion last seen as a precondition.
+    async fn write_status_if_unchanged(&mut self) -> Result<(), Error> {
+        let old = serde_json::to_value(&self.written)?;
+        let new = serde_json::to_value(&self.status)?;
+        let diff = merge_patch_diff(&old, &new).unwrap_or_else(|| serde_json::json!({}));
+        let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": self.resource_version},
+            "status": diff,
+        });
+        let written = api
+            .patch_status(
+                &self.obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.resource_version = written.metadata.resource_version;
+        self.written = self.status.clone();
+        Ok(())
+    }
+
+    fn written_intent(&self) -> bool {
+        self.written.intent == self.status.intent
     }
 
     fn end_failure_streak(&mut self) {
@@ -828,9 +932,9 @@ impl Run<'_> {
         api::apply_verdict(&mut self.status.conditions, &verdict, observed, self.now);
     }
 
-    /// Writes status if it changed, then the events.
-    async fn finish(self) -> Result<(), Error> {
-        let old = serde_json::to_value(self.obj.status.clone().unwrap_or_default())?;
+    /// Writes status if it differs from what was last written.
+    async fn write_status(&mut self) -> Result<(), Error> {
+        let old = serde_json::to_value(&self.written)?;
         let new = serde_json::to_value(&self.status)?;
         if let Some(diff) = merge_patch_diff(&old, &new) {
             let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
@@ -841,7 +945,18 @@ impl Run<'_> {
                 &Patch::Merge(&patch),
             )
             .await?;
+            self.written = self.status.clone();
+            self.resource_version = None;
         }
+        Ok(())
+    }
+
+    /// Writes status if it changed, then the events.
+    async fn finish(mut self) -> Result<(), Error> {
+        if self.stale {
+            return Ok(());
+        }
+        self.write_status().await?;
         for (type_, reason, note) in self.events {
             self.ctx.event(self.obj, type_, reason, note).await;
         }
@@ -900,6 +1015,8 @@ enum StepError {
     Rejected(String),
     /// The tenant is not ready for this step yet, as expected: wait quietly.
     NotYet(String),
+    /// The resource changed since this reconcile read it: stop and look again.
+    Stale,
 }
 
 impl From<AicError> for StepError {
@@ -930,6 +1047,9 @@ async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Act
         started: std::time::Instant::now(),
         list_is_strict: false,
         listed: Arc::default(),
+        written: obj.status.clone().unwrap_or_default(),
+        resource_version: obj.metadata.resource_version.clone(),
+        stale: false,
     };
     if api::is_paused(obj.meta()) {
         run.conclude(Verdict::progressing(

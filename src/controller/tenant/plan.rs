@@ -250,7 +250,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                 Some(cert)
                     if status.fingerprint.as_deref() == Some(cert.leaf.fingerprint.as_str()) => {}
                 Some(cert) => {
-                    check_signed_chain(spec, &status, &csr.id, csr_info, &cert.leaf)?;
+                    check_signed_chain(spec, &status, &pending, csr_info, &cert.leaf)?;
                     return Ok(Plan {
                         status,
                         step: Step::CompleteCsr {
@@ -443,17 +443,24 @@ fn waited(since: &str, now: Timestamp) -> Duration {
 }
 
 /// Tenant mode: a chain newly written for the pending CSR, checked before it is sent. It must
-/// carry the CSR's key (compared as keys, not as DER bytes), name the CSR's common name and every
-/// SAN it asked for, and outlive the certificate in place (an older chain would be a step back,
-/// and the renewal it answers would fall due again at once).
+/// carry the CSR's key (compared as keys, not as DER bytes) and name the CSR's common name and
+/// every SAN it asked for. For a renewal it must also outlive the certificate in place: an older
+/// chain would be a step back, and the renewal it answers would fall due again at once. (A chain
+/// for a spec change or a renew request may expire with the one in place, as with a CA that
+/// issues to a fixed end date.)
 pub fn check_signed_chain(
     spec: &TenantCertificateSpec,
     status: &TenantCertificateStatus,
-    csr_id: &str,
+    pending: &PendingCertificate,
     csr: &CsrInfo,
     leaf: &CertInfo,
 ) -> Result<(), Invalid> {
     let secret = &spec.secret_ref.name;
+    let csr_id = pending
+        .csr
+        .as_ref()
+        .map(|c| c.id.as_str())
+        .unwrap_or_default();
     if !pki::same_public_key(&csr.public_key_der, &leaf.public_key_der) {
         return Err(Invalid {
             reason: "ChainDoesNotMatchCsr",
@@ -491,6 +498,7 @@ pub fn check_signed_chain(
     if let Some(current) = status
         .not_after
         .as_deref()
+        .filter(|_| pending.reason == "Renewal")
         .and_then(|t| t.parse::<Timestamp>().ok())
         && leaf.not_after <= current
     {
@@ -808,60 +816,112 @@ pub fn known_ids(status: &TenantCertificateStatus) -> Vec<String> {
     ids
 }
 
-/// After a crash between an upload and the status write, the upload is in the tenant but not in
-/// status: find it by what the tenant reports of it (validity to the second and SANs), never
-/// among ids already ours, never among active-and-live certificates someone else installed.
+/// Certificates in the tenant that look like an upload of `leaf` (validity to the second and
+/// SANs: the tenant never returns the PEM), whoever uploaded them.
+pub fn matching_uploads<'a>(
+    tenant: impl IntoIterator<Item = &'a Certificate>,
+    leaf: &CertInfo,
+) -> Vec<&'a Certificate> {
+    let mut wanted_sans = leaf.subject_alternative_names.clone();
+    wanted_sans.sort();
+    let same_time = |reported: &Option<String>, ours: Timestamp| {
+        reported
+            .as_deref()
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .is_some_and(|t| t.as_second() == ours.as_second())
+    };
+    tenant
+        .into_iter()
+        .filter(|c| {
+            let mut sans = c.subject_alternative_names.clone();
+            sans.sort();
+            same_time(&c.valid_from_time, leaf.not_before)
+                && same_time(&c.expire_time, leaf.not_after)
+                && sans == wanted_sans
+        })
+        .collect()
+}
+
+/// After a lost answer or a crash between an upload and the status write, the upload is in the
+/// tenant but not in status. It is adopted only with proof: an intent to upload this very leaf
+/// was recorded before the call, and the certificate is new since (not among the matching ids
+/// the tenant held then) and not already ours. A certificate with identical content that existed
+/// before — the vendor's support team's, or this resource's own upload from another cluster — is
+/// never adopted.
 pub fn find_adoptable_upload<'a>(
     tenant: impl IntoIterator<Item = &'a Certificate>,
     leaf: &CertInfo,
     known: &[String],
+    intent: Option<&crate::api::CreateIntent>,
 ) -> Option<&'a Certificate> {
-    let mut wanted_sans = leaf.subject_alternative_names.clone();
-    wanted_sans.sort();
-    tenant.into_iter().find(|c| {
-        if known.contains(&c.id) {
-            return false;
-        }
-        let same_time = |reported: &Option<String>, ours: Timestamp| {
-            reported
-                .as_deref()
-                .and_then(|s| s.parse::<Timestamp>().ok())
-                .is_some_and(|t| t.as_second() == ours.as_second())
-        };
-        let mut sans = c.subject_alternative_names.clone();
-        sans.sort();
-        same_time(&c.valid_from_time, leaf.not_before)
-            && same_time(&c.expire_time, leaf.not_after)
-            && sans == wanted_sans
-    })
+    let intent = intent.filter(|i| {
+        i.kind == crate::api::INTENT_CERTIFICATE
+            && i.fingerprint.as_deref() == Some(leaf.fingerprint.as_str())
+    })?;
+    matching_uploads(tenant, leaf)
+        .into_iter()
+        .find(|c| !known.contains(&c.id) && !intent.existing.contains(&c.id))
 }
 
-/// A CSR made for this resource whose creation was not recorded: same SANs, subject naming our
-/// common name, no certificate yet, not older than the resource.
+/// CSRs in the tenant that ask for what `spec` asks for (common name and SANs) and have no
+/// certificate yet, whoever made them.
+pub fn matching_csrs<'a>(
+    csrs: &'a [crate::aic::Csr],
+    spec: &crate::api::CsrSpec,
+) -> Vec<&'a crate::aic::Csr> {
+    let mut wanted = spec.subject_alternative_names.clone();
+    wanted.sort();
+    csrs.iter()
+        .filter(|c| {
+            let mut sans = c.subject_alternative_names.clone();
+            sans.sort();
+            c.certificate_id.is_none()
+                && sans == wanted
+                && c.subject
+                    .as_deref()
+                    .is_some_and(|s| s.contains(&format!("CN={}", spec.common_name)))
+        })
+        .collect()
+}
+
+/// A CSR made for this resource whose creation was not recorded: adopted only with an intent
+/// for the same name and SANs recorded before the call, and new since.
 pub fn find_adoptable_csr<'a>(
     csrs: &'a [crate::aic::Csr],
     spec: &crate::api::CsrSpec,
     known: &[String],
-    not_before: Timestamp,
+    intent: Option<&crate::api::CreateIntent>,
 ) -> Option<&'a crate::aic::Csr> {
-    let mut wanted = spec.subject_alternative_names.clone();
-    wanted.sort();
-    csrs.iter().find(|c| {
-        let mut sans = c.subject_alternative_names.clone();
-        sans.sort();
-        let created_ok = c
-            .created_date
-            .as_deref()
-            .and_then(|d| d.parse::<Timestamp>().ok())
-            .is_some_and(|t| t.as_second() >= not_before.as_second() - 60);
-        c.certificate_id.is_none()
-            && !known.contains(&c.id)
-            && sans == wanted
-            && c.subject
-                .as_deref()
-                .is_some_and(|s| s.contains(&format!("CN={}", spec.common_name)))
-            && created_ok
-    })
+    let intent = intent.filter(|i| {
+        i.kind == crate::api::INTENT_CSR
+            && i.common_name.as_deref() == Some(spec.common_name.as_str())
+            && i.subject_alternative_names == spec.subject_alternative_names
+    })?;
+    matching_csrs(csrs, spec)
+        .into_iter()
+        .find(|c| !known.contains(&c.id) && !intent.existing.contains(&c.id))
+}
+
+/// The intent to record before a creating call: kept as it is when one for the same thing is
+/// already recorded (a retry after a lost answer must not count its own upload as existing).
+pub fn intent_for(
+    recorded: Option<&crate::api::CreateIntent>,
+    mut wanted: crate::api::CreateIntent,
+) -> crate::api::CreateIntent {
+    match recorded {
+        Some(r)
+            if r.kind == wanted.kind
+                && r.fingerprint == wanted.fingerprint
+                && r.common_name == wanted.common_name
+                && r.subject_alternative_names == wanted.subject_alternative_names =>
+        {
+            r.clone()
+        }
+        _ => {
+            wanted.existing.sort();
+            wanted
+        }
+    }
 }
 
 /// A recorded refusal still holds while the inputs it refused are unchanged: the same

@@ -448,8 +448,13 @@ fn tenant_mode_refuses_a_chain_that_does_not_outlive_the_current_one() {
     c.status.fingerprint = Some("fp1".into());
     c.status.not_after = Some("2027-01-30T00:00:00Z".into());
     c.tenant = [remote("ccrt-1", true, true)].into();
+    c.status.pending.as_mut().unwrap().reason = "Renewal".into();
     let err = c.plan().unwrap_err();
     assert_eq!(err.reason, "ChainNotNewer");
+    // A chain for a spec change may end with the one in place (a CA with fixed end dates).
+    c.status.pending.as_mut().unwrap().reason = "SpecChanged".into();
+    assert!(matches!(c.step(), Step::CompleteCsr { .. }));
+    c.status.pending.as_mut().unwrap().reason = "Renewal".into();
     c.status.not_after = Some("2027-01-29T23:59:59Z".into());
     assert!(matches!(c.step(), Step::CompleteCsr { .. }));
 }
@@ -484,16 +489,29 @@ fn renewal_defaults_to_a_third_of_short_lifetimes() {
     assert_eq!(renewal_time(&s, &status), None);
 }
 
-#[test]
-fn adoption_matches_validity_and_sans_and_skips_known_ids() {
-    let l = leaf("fp1");
-    let mine = Certificate {
-        id: "ccrt-9".into(),
-        valid_from_time: Some("2026-11-01T00:00:00Z".into()),
-        expire_time: Some("2027-01-30T00:00:00Z".into()),
-        subject_alternative_names: vec!["login.example.com".into()],
+fn upload_of(id: &str, l: &CertInfo) -> Certificate {
+    Certificate {
+        id: id.into(),
+        valid_from_time: Some(l.not_before.to_string()),
+        expire_time: Some(l.not_after.to_string()),
+        subject_alternative_names: l.subject_alternative_names.clone(),
         ..Default::default()
-    };
+    }
+}
+
+fn upload_intent(fp: &str, existing: &[&str]) -> CreateIntent {
+    CreateIntent {
+        kind: INTENT_CERTIFICATE.into(),
+        fingerprint: Some(fp.into()),
+        existing: existing.iter().map(|s| s.to_string()).collect(),
+        since: "2026-11-23T09:00:00Z".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn adoption_needs_an_intent_and_a_certificate_new_since_it() {
+    let l = leaf("fp1");
     let support = Certificate {
         id: "ccrt-support".into(),
         active: true,
@@ -501,18 +519,78 @@ fn adoption_matches_validity_and_sans_and_skips_known_ids() {
         ..Default::default()
     };
     let tenant: BTreeMap<_, _> = [
-        (mine.id.clone(), mine.clone()),
+        ("ccrt-9".to_string(), upload_of("ccrt-9", &l)),
         (support.id.clone(), support),
     ]
     .into();
+    let intent = upload_intent("fp1", &[]);
     assert_eq!(
-        find_adoptable_upload(tenant.values(), &l, &[]).map(|c| c.id.as_str()),
+        find_adoptable_upload(tenant.values(), &l, &[], Some(&intent)).map(|c| c.id.as_str()),
         Some("ccrt-9")
     );
+    // Already ours: nothing to adopt.
     assert_eq!(
-        find_adoptable_upload(tenant.values(), &l, &["ccrt-9".into()]),
+        find_adoptable_upload(tenant.values(), &l, &["ccrt-9".into()], Some(&intent)),
         None
     );
+    // No intent recorded: a look-alike is someone else's (support, another cluster).
+    assert_eq!(find_adoptable_upload(tenant.values(), &l, &[], None), None);
+    // It existed before the intent: never adopted.
+    let before = upload_intent("fp1", &["ccrt-9"]);
+    assert_eq!(
+        find_adoptable_upload(tenant.values(), &l, &[], Some(&before)),
+        None
+    );
+    // An intent for another leaf proves nothing about this one.
+    let other = upload_intent("fp2", &[]);
+    assert_eq!(
+        find_adoptable_upload(tenant.values(), &l, &[], Some(&other)),
+        None
+    );
+}
+
+#[test]
+fn a_retry_keeps_the_first_intent() {
+    let first = upload_intent("fp1", &["ccrt-support-copy"]);
+    // After a lost answer our own upload exists; a retry must not count it as existing.
+    let again = intent_for(
+        Some(&first),
+        upload_intent("fp1", &["ccrt-support-copy", "ccrt-ours"]),
+    );
+    assert_eq!(again, first);
+    let other = intent_for(Some(&first), upload_intent("fp2", &["b", "a"]));
+    assert_eq!(other.existing, ["a", "b"]);
+}
+
+proptest! {
+    /// Whatever the tenant holds and whatever was recorded, adoption never picks an id that
+    /// existed when the intent was recorded, nor one already ours, nor one without an intent.
+    #[test]
+    fn adoption_never_takes_what_existed_before(
+        before in proptest::collection::btree_set(0u8..20, 0..10),
+        after in proptest::collection::btree_set(0u8..20, 0..10),
+        known in proptest::collection::btree_set(0u8..20, 0..5),
+        with_intent in any::<bool>(),
+    ) {
+        let l = leaf("fp1");
+        let id = |n: &u8| format!("ccrt-{n}");
+        let tenant: Vec<Certificate> = before.union(&after).map(|n| upload_of(&id(n), &l)).collect();
+        let existing: Vec<String> = before.iter().map(id).collect();
+        let intent = CreateIntent {
+            existing: existing.clone(),
+            ..upload_intent("fp1", &[])
+        };
+        let known: Vec<String> = known.iter().map(id).collect();
+        let adopted = find_adoptable_upload(&tenant, &l, &known, with_intent.then_some(&intent));
+        if let Some(c) = adopted {
+            prop_assert!(with_intent);
+            prop_assert!(!existing.contains(&c.id));
+            prop_assert!(!known.contains(&c.id));
+        } else {
+            // Nothing new and unknown, or no proof.
+            prop_assert!(!with_intent || after.iter().map(id).all(|a| existing.contains(&a) || known.contains(&a)));
+        }
+    }
 }
 
 #[test]

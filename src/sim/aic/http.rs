@@ -53,6 +53,17 @@ fn bad_request(e: BadRequest) -> Response {
     error(StatusCode::BAD_REQUEST, e.0)
 }
 
+/// The call took effect but its answer is lost on the way: a 200 whose body breaks off, as a
+/// proxy cutting the connection mid-response leaves it.
+fn lost_answer() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        "{\"id\": \"",
+    )
+        .into_response()
+}
+
 fn ok_json(value: impl Serialize) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
@@ -277,6 +288,9 @@ async fn create_csr(State(inner): Shared, body: Bytes) -> Response {
         Ok(Ok(csr)) => {
             let view = tenant::csr_view(&csr);
             inner.state().csrs.push(csr);
+            if inner.knobs.take_lost_create() {
+                return lost_answer();
+            }
             ok_json(view)
         }
         Ok(Err(e)) => bad_request(e),
@@ -390,6 +404,9 @@ async fn upload_certificate(State(inner): Shared, body: Bytes) -> Response {
     tenant::set_active(&mut cert, active, now, delay);
     let view = tenant::certificate_view(&cert, now);
     inner.state().certs.push(cert);
+    if inner.knobs.take_lost_create() {
+        return lost_answer();
+    }
     ok_json(view)
 }
 

@@ -73,6 +73,8 @@ pub struct Knobs {
     reject_uploads_next: AtomicU32,
     /// The next uploads answer 503 (the rest of the API works): a failing step after a good list.
     fail_uploads_next: AtomicU32,
+    /// The next creating calls (upload, CSR) take effect but their answers are lost.
+    lose_creates_next: AtomicU32,
     retry_after_secs: AtomicU64,
     /// Tokens remember the generation they were issued in; bumping it invalidates them all.
     token_generation: AtomicU64,
@@ -167,6 +169,14 @@ impl Knobs {
     }
     pub(crate) fn take_upload_failure(&self) -> bool {
         take_one(&self.fail_uploads_next)
+    }
+    /// The next `n` creating calls (`POST /environment/certificates`, `POST /environment/csrs`)
+    /// take effect, but the answer breaks off (a 200 with a truncated body).
+    pub fn set_lose_creates_next(&self, n: u32) {
+        self.lose_creates_next.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take_lost_create(&self) -> bool {
+        take_one(&self.lose_creates_next)
     }
     /// Every token issued so far becomes invalid (401).
     pub fn expire_tokens_now(&self) {
