@@ -1530,3 +1530,51 @@ async fn a_failing_step_backs_off_even_while_lists_succeed() {
     assert_eq!(status.next_attempt_time, None);
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_the_same_mutation_twice_in_one_reconcile() {
+    let env = Env::start(sim_config()).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    let first = env
+        .wait_ready("login")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    // From now on the tenant answers each PATCH with the certificate as it was before.
+    env.aic.knobs().set_stale_patch_answers_next(u32::MAX);
+    let (chain2, key2) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain2, &key2).await;
+    let fp2 = fingerprint(&chain2);
+    env.wait_for("login", 30, "rotated, old one inactive", |t| {
+        let s = t.status.as_ref().unwrap();
+        s.fingerprint.as_deref() == Some(fp2.as_str()) && is_ready(t)
+    })
+    .await;
+    for _ in 0..100 {
+        if env.aic.certificates().iter().any(|c| c.id == first && !c.active) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several more reconciles at the test's fast poll: each sees the truth in its list.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sim = env.aic.certificates();
+    assert!(!sim.iter().find(|c| c.id == first).unwrap().active);
+    let patches = env
+        .tenant_calls()
+        .iter()
+        .filter(|c| c.starts_with("PATCH /environment/certificates/"))
+        .count();
+    assert_eq!(
+        patches,
+        1,
+        "deactivated once, then looked again: {:?}",
+        env.tenant_calls()
+    );
+    env.shutdown().await;
+}

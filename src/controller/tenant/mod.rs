@@ -248,6 +248,9 @@ impl Run<'_> {
         let renew = api::annotation(self.obj.meta(), api::RENEW_ANNOTATION)
             .filter(|v| Some(*v) != self.status.last_renew_request.as_deref())
             .map(str::to_string);
+        // Never the same mutation twice in one reconcile: if the tenant's answer did not show
+        // the change (an eventually consistent read), the next reconcile looks again.
+        let mut performed: Vec<Step> = Vec::new();
         for _ in 0..MAX_STEPS {
             let pending_csr = self
                 .status
@@ -313,7 +316,22 @@ impl Run<'_> {
                     self.conclude(Verdict::ready(reason, message));
                     return Ok(Action::requeue(after));
                 }
+                step if performed.contains(&step) => {
+                    tracing::debug!(
+                        ?step,
+                        "step already performed in this reconcile; looking again later"
+                    );
+                    let ready = self.current_settled(&tenant);
+                    self.conclude(Verdict::progressing(
+                        ready,
+                        "Progressing",
+                        "waiting for the tenant to show the last change",
+                    ));
+                    let poll = &self.ctx.options.poll;
+                    return Ok(Action::requeue(plan::aligned(poll.min, poll.min, self.now)));
+                }
                 step => {
+                    performed.push(step.clone());
                     // A 400 to what we send (an upload, a CSR, a chain) would be the same next
                     // time; a 400 to an activation or a deletion may not be.
                     let sends_input = matches!(

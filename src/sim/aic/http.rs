@@ -422,7 +422,12 @@ async fn patch_certificate(State(inner): Shared, Path(id): Path<String>, body: B
     };
     match tenant::parse_active_patch(&request) {
         Ok(active) => {
+            // An eventually consistent read path may answer with the view before the change.
+            let before = tenant::certificate_view(cert, now);
             tenant::set_active(cert, active, now, delay);
+            if inner.knobs.take_stale_patch_answer() {
+                return ok_json(before);
+            }
             ok_json(tenant::certificate_view(cert, now))
         }
         Err(e) => bad_request(e),

@@ -75,6 +75,8 @@ pub struct Knobs {
     fail_uploads_next: AtomicU32,
     /// The next creating calls (upload, CSR) take effect but their answers are lost.
     lose_creates_next: AtomicU32,
+    /// The next PATCHes take effect but answer with the certificate as it was before.
+    stale_patch_answers_next: AtomicU32,
     retry_after_secs: AtomicU64,
     /// Tokens remember the generation they were issued in; bumping it invalidates them all.
     token_generation: AtomicU64,
@@ -177,6 +179,14 @@ impl Knobs {
     }
     pub(crate) fn take_lost_create(&self) -> bool {
         take_one(&self.lose_creates_next)
+    }
+    /// The next `n` `PATCH /environment/certificates/{id}` take effect but answer with the
+    /// certificate as it was before (a lagging read replica).
+    pub fn set_stale_patch_answers_next(&self, n: u32) {
+        self.stale_patch_answers_next.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take_stale_patch_answer(&self) -> bool {
+        take_one(&self.stale_patch_answers_next)
     }
     /// Every token issued so far becomes invalid (401).
     pub fn expire_tokens_now(&self) {
