@@ -1556,7 +1556,12 @@ async fn never_the_same_mutation_twice_in_one_reconcile() {
     })
     .await;
     for _ in 0..100 {
-        if env.aic.certificates().iter().any(|c| c.id == first && !c.active) {
+        if env
+            .aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == first && !c.active)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1575,6 +1580,49 @@ async fn never_the_same_mutation_twice_in_one_reconcile() {
         1,
         "deactivated once, then looked again: {:?}",
         env.tenant_calls()
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_was_lost_is_cleaned_up_after_the_secret_changes() {
+    let env = Env::start(sim_config()).await;
+    env.aic.knobs().set_lose_creates_next(1);
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml("login", "login-tls", "  revisionHistoryLimit: 0\n"),
+        &env,
+    ))
+    .await;
+    env.wait_for("login", 20, "the lost answer recorded", |t| {
+        t.status.as_ref().is_some_and(|s| s.failures.is_some())
+    })
+    .await;
+    let lost = ours_in_tenant(&env);
+    assert_eq!(lost.len(), 1);
+    // Before the retry, cert-manager writes a new chain.
+    let (chain2, key2) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain2, &key2).await;
+    let fp2 = fingerprint(&chain2);
+    let t = env
+        .wait_for(
+            "login",
+            30,
+            "the new chain in place, the lost upload gone",
+            |t| {
+                let s = t.status.as_ref().unwrap();
+                s.fingerprint.as_deref() == Some(fp2.as_str())
+                    && s.previous_certificate_ids.is_empty()
+                    && is_ready(t)
+            },
+        )
+        .await;
+    let current = t.status.unwrap().certificate_id.unwrap();
+    assert_eq!(
+        ours_in_tenant(&env),
+        vec![current],
+        "nothing of ours left behind"
     );
     env.shutdown().await;
 }

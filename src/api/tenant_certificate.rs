@@ -289,13 +289,18 @@ pub struct PendingCertificate {
 pub struct CreateIntent {
     /// `Certificate` (an upload) or `Csr`.
     pub kind: String,
-    /// Certificate: the leaf's sha256 fingerprint.
+    /// Certificate: the leaf's sha256 fingerprint, and its validity (with
+    /// `subjectAlternativeNames`, how the tenant's list shows it: it never returns the PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
     /// CSR: the common name asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_name: Option<String>,
-    /// CSR: the SANs asked for.
+    /// The SANs of the leaf, or those the CSR asks for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alternative_names: Vec<String>,
     /// Ids of matching certificates or CSRs the tenant held just before: never adopted.

@@ -398,6 +398,40 @@ impl Run<'_> {
                     self.listed = list;
                     self.list_is_strict = true;
                 }
+                // An earlier upload whose answer was lost, for a Secret that has changed since:
+                // ours, so it is recorded for cleanup instead of being left in the tenant.
+                if let Some(old) =
+                    self.status.intent.clone().filter(|i| {
+                        i.fingerprint.as_deref() != Some(cert.leaf.fingerprint.as_str())
+                    })
+                {
+                    let known = plan::known_ids(&self.status);
+                    let orphans = plan::orphans_of_intent(self.listed.iter(), &old, &known);
+                    if orphans.len() > 1 {
+                        self.events.push((
+                            EventType::Warning,
+                            "AmbiguousUpload",
+                            format!(
+                                "an upload whose answer was lost cannot be told apart from identical certificates uploaded by someone else ({}); none is touched: remove ours by hand",
+                                orphans.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                    let single = orphans.len() == 1;
+                    for orphan in orphans.into_iter().filter(|_| single) {
+                        self.events.push((
+                            EventType::Normal,
+                            "Adopted",
+                            format!(
+                                "certificate {} was uploaded for an earlier Secret (its answer was lost); recorded to be cleaned up",
+                                orphan.id
+                            ),
+                        ));
+                        self.status.previous_certificate_ids.push(orphan.id.clone());
+                        tenant.insert(orphan.id.clone(), orphan.clone());
+                    }
+                    self.status.intent = None;
+                }
                 let known = plan::known_ids(&self.status);
                 let adopted = plan::find_adoptable_upload(
                     self.listed.iter(),
@@ -427,13 +461,7 @@ impl Run<'_> {
                             .collect();
                         let intent = plan::intent_for(
                             self.status.intent.as_ref(),
-                            api::CreateIntent {
-                                kind: api::INTENT_CERTIFICATE.into(),
-                                fingerprint: Some(cert.leaf.fingerprint.clone()),
-                                existing,
-                                since: since.clone(),
-                                ..Default::default()
-                            },
+                            plan::upload_intent(&cert.leaf, existing, since.clone()),
                         );
                         let message =
                             format!("uploading certificate {} ({reason})", cert.leaf.fingerprint);
@@ -1255,5 +1283,7 @@ async fn cleanup_tenant(
     Ok(done)
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod plan_tests;

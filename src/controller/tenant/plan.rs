@@ -822,7 +822,24 @@ pub fn matching_uploads<'a>(
     tenant: impl IntoIterator<Item = &'a Certificate>,
     leaf: &CertInfo,
 ) -> Vec<&'a Certificate> {
-    let mut wanted_sans = leaf.subject_alternative_names.clone();
+    matching(
+        tenant,
+        Some(leaf.not_before),
+        Some(leaf.not_after),
+        &leaf.subject_alternative_names,
+    )
+}
+
+fn matching<'a>(
+    tenant: impl IntoIterator<Item = &'a Certificate>,
+    not_before: Option<Timestamp>,
+    not_after: Option<Timestamp>,
+    sans: &[String],
+) -> Vec<&'a Certificate> {
+    let (Some(not_before), Some(not_after)) = (not_before, not_after) else {
+        return vec![];
+    };
+    let mut wanted_sans = sans.to_vec();
     wanted_sans.sort();
     let same_time = |reported: &Option<String>, ours: Timestamp| {
         reported
@@ -835,11 +852,53 @@ pub fn matching_uploads<'a>(
         .filter(|c| {
             let mut sans = c.subject_alternative_names.clone();
             sans.sort();
-            same_time(&c.valid_from_time, leaf.not_before)
-                && same_time(&c.expire_time, leaf.not_after)
+            same_time(&c.valid_from_time, not_before)
+                && same_time(&c.expire_time, not_after)
                 && sans == wanted_sans
         })
         .collect()
+}
+
+/// The intent to upload `leaf`, to record before the call.
+pub fn upload_intent(
+    leaf: &CertInfo,
+    existing: Vec<String>,
+    since: String,
+) -> crate::api::CreateIntent {
+    crate::api::CreateIntent {
+        kind: crate::api::INTENT_CERTIFICATE.into(),
+        fingerprint: Some(leaf.fingerprint.clone()),
+        not_before: Some(leaf.not_before.to_string()),
+        not_after: Some(leaf.not_after.to_string()),
+        subject_alternative_names: leaf.subject_alternative_names.clone(),
+        existing,
+        since,
+        ..Default::default()
+    }
+}
+
+/// Uploads made under an earlier intent whose answer was lost, before the Secret changed and a
+/// new upload was planned: new since that intent and matching it. When exactly one is found it
+/// is ours, to be recorded for cleanup rather than left active in the tenant for ever; when more
+/// are, someone else uploaded the same chain meanwhile and none can be claimed.
+pub fn orphans_of_intent<'a>(
+    tenant: impl IntoIterator<Item = &'a Certificate>,
+    intent: &crate::api::CreateIntent,
+    known: &[String],
+) -> Vec<&'a Certificate> {
+    if intent.kind != crate::api::INTENT_CERTIFICATE {
+        return vec![];
+    }
+    let at = |t: &Option<String>| t.as_deref().and_then(|s| s.parse::<Timestamp>().ok());
+    matching(
+        tenant,
+        at(&intent.not_before),
+        at(&intent.not_after),
+        &intent.subject_alternative_names,
+    )
+    .into_iter()
+    .filter(|c| !known.contains(&c.id) && !intent.existing.contains(&c.id))
+    .collect()
 }
 
 /// After a lost answer or a crash between an upload and the status write, the upload is in the
@@ -854,13 +913,31 @@ pub fn find_adoptable_upload<'a>(
     known: &[String],
     intent: Option<&crate::api::CreateIntent>,
 ) -> Option<&'a Certificate> {
-    let intent = intent.filter(|i| {
+    match new_since_intent(tenant, leaf, known, intent)[..] {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+/// The look-alikes of `leaf` that appeared since the intent to upload it: one is ours (a lost
+/// answer); more than one cannot be told apart (someone else uploaded the same chain in the
+/// meantime), and none is adopted.
+pub fn new_since_intent<'a>(
+    tenant: impl IntoIterator<Item = &'a Certificate>,
+    leaf: &CertInfo,
+    known: &[String],
+    intent: Option<&crate::api::CreateIntent>,
+) -> Vec<&'a Certificate> {
+    let Some(intent) = intent.filter(|i| {
         i.kind == crate::api::INTENT_CERTIFICATE
             && i.fingerprint.as_deref() == Some(leaf.fingerprint.as_str())
-    })?;
+    }) else {
+        return vec![];
+    };
     matching_uploads(tenant, leaf)
         .into_iter()
-        .find(|c| !known.contains(&c.id) && !intent.existing.contains(&c.id))
+        .filter(|c| !known.contains(&c.id) && !intent.existing.contains(&c.id))
+        .collect()
 }
 
 /// CSRs in the tenant that ask for what `spec` asks for (common name and SANs) and have no
