@@ -1209,7 +1209,7 @@ async fn cleanup_without_credentials(mut run: Run<'_>, invalid: Invalid) -> Resu
     ))
 }
 
-/// One pass of cleanup; `Ok(true)` when nothing is left to do.
+/// One pass of cleanup, as [`plan::cleanup_actions`] decides; `Ok(true)` when nothing is left.
 async fn cleanup_tenant(
     obj: &TenantCertificate,
     client: &AicClient,
@@ -1217,8 +1217,7 @@ async fn cleanup_tenant(
     run: &mut Run<'_>,
 ) -> Result<bool, AicError> {
     let status = obj.status.clone().unwrap_or_default();
-    let ids = plan::known_ids(&status);
-    if ids.is_empty()
+    if plan::known_ids(&status).is_empty()
         && status
             .pending
             .as_ref()
@@ -1233,51 +1232,36 @@ async fn cleanup_tenant(
         .into_iter()
         .map(|c| (c.id.clone(), c))
         .collect();
-    let mut done = true;
-    for id in &ids {
-        let Some(c) = tenant.get(id) else { continue };
-        if c.active {
-            client.set_active(id, false).await?;
-            run.events.push((
-                EventType::Normal,
-                "Deactivated",
-                format!("deactivated certificate {id} (deletionPolicy {policy:?})"),
-            ));
-            if policy == DeletionPolicy::Delete {
-                done = false;
+    let (actions, more) = plan::cleanup_actions(policy, &status, &tenant);
+    let mut done = !more;
+    for action in actions {
+        match action {
+            plan::CleanupAction::Deactivate(id) => {
+                client.set_active(&id, false).await?;
+                run.events.push((
+                    EventType::Normal,
+                    "Deactivated",
+                    format!("deactivated certificate {id} (deletionPolicy {policy:?})"),
+                ));
             }
-        } else if policy == DeletionPolicy::Delete {
-            if c.live {
-                done = false;
-            } else {
-                match client.delete_certificate(id).await {
-                    Ok(()) => run.events.push((
-                        EventType::Normal,
-                        "Deleted",
-                        format!("deleted certificate {id}"),
-                    )),
-                    // Gone already: nothing left to do for it.
-                    Err(AicError::NotFound) => {}
-                    Err(AicError::Server { .. }) => done = false,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    if policy == DeletionPolicy::Delete {
-        // A CSR that never got its certificate is ours to remove too.
-        if let Some(csr) = status
-            .pending
-            .as_ref()
-            .filter(|p| p.certificate_id.is_none())
-            .and_then(|p| p.csr.as_ref())
-        {
+            plan::CleanupAction::Delete(id) => match client.delete_certificate(&id).await {
+                Ok(()) => run.events.push((
+                    EventType::Normal,
+                    "Deleted",
+                    format!("deleted certificate {id}"),
+                )),
+                // Gone already: nothing left to do for it.
+                Err(AicError::NotFound) => {}
+                // The tenant's empty-500 window after `live` turns false: later.
+                Err(AicError::Server { .. }) => done = false,
+                Err(e) => return Err(e),
+            },
             // A CSR someone else deleted (or whose DELETE answer was lost) is gone: success.
             // Failing here would hold the finalizer, and the namespace, for ever.
-            match client.delete_csr(&csr.id).await {
+            plan::CleanupAction::DeleteCsr(id) => match client.delete_csr(&id).await {
                 Ok(()) | Err(AicError::NotFound) => {}
                 Err(e) => return Err(e),
-            }
+            },
         }
     }
     Ok(done)

@@ -803,6 +803,55 @@ pub fn failure_backoff(
     retry_after.unwrap_or_default().max(jittered)
 }
 
+/// One cleanup call on deletion of the resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupAction {
+    Deactivate(String),
+    Delete(String),
+    DeleteCsr(String),
+}
+
+/// Cleanup on deletion: what to call now, and whether anything will be left to do after it
+/// (a certificate still live must stop being live before it can be deleted). Only ids recorded
+/// in status are acted on — never a look-alike, never another resource's certificate — and
+/// those the tenant no longer has are done with.
+pub fn cleanup_actions(
+    policy: crate::api::DeletionPolicy,
+    status: &TenantCertificateStatus,
+    tenant: &BTreeMap<String, Certificate>,
+) -> (Vec<CleanupAction>, bool) {
+    use crate::api::DeletionPolicy;
+    let mut actions = vec![];
+    let mut more = false;
+    if policy == DeletionPolicy::Retain {
+        return (actions, more);
+    }
+    for id in known_ids(status) {
+        let Some(c) = tenant.get(&id) else { continue };
+        if c.active {
+            actions.push(CleanupAction::Deactivate(id));
+            more |= policy == DeletionPolicy::Delete;
+        } else if policy == DeletionPolicy::Delete {
+            if c.live {
+                more = true;
+            } else {
+                actions.push(CleanupAction::Delete(id));
+            }
+        }
+    }
+    if policy == DeletionPolicy::Delete
+        && let Some(csr) = status
+            .pending
+            .as_ref()
+            .filter(|p| p.certificate_id.is_none())
+            .and_then(|p| p.csr.as_ref())
+    {
+        // A CSR that never got its certificate is ours to remove too.
+        actions.push(CleanupAction::DeleteCsr(csr.id.clone()));
+    }
+    (actions, more)
+}
+
 /// Certificates of ours (recorded in status), for adoption and cleanup.
 pub fn known_ids(status: &TenantCertificateStatus) -> Vec<String> {
     let mut ids: Vec<String> = status.certificate_id.iter().cloned().collect();

@@ -1015,3 +1015,87 @@ proptest! {
         prop_assert!(attempts <= bound, "{attempts} attempts in {storm_secs}s (bound {bound})");
     }
 }
+
+#[test]
+fn cleanup_follows_the_deletion_policy() {
+    let mut status = installed("ccrt-1", "fp1");
+    status.previous_certificate_ids = vec!["ccrt-0".into()];
+    let tenant: BTreeMap<_, _> = [
+        remote("ccrt-1", true, true),
+        remote("ccrt-0", false, true),
+        remote("foreign", true, true),
+    ]
+    .into();
+    assert_eq!(
+        cleanup_actions(DeletionPolicy::Retain, &status, &tenant),
+        (vec![], false)
+    );
+    assert_eq!(
+        cleanup_actions(DeletionPolicy::Deactivate, &status, &tenant),
+        (vec![CleanupAction::Deactivate("ccrt-1".into())], false)
+    );
+    // Delete: deactivate first, and wait for `live` to turn false before deleting.
+    assert_eq!(
+        cleanup_actions(DeletionPolicy::Delete, &status, &tenant),
+        (vec![CleanupAction::Deactivate("ccrt-1".into())], true)
+    );
+    let tenant: BTreeMap<_, _> = [
+        remote("ccrt-1", false, false),
+        remote("foreign", true, true),
+    ]
+    .into();
+    status.pending = Some(PendingCertificate {
+        csr: Some(CsrStatus {
+            id: "csr-1".into(),
+            request: String::new(),
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        cleanup_actions(DeletionPolicy::Delete, &status, &tenant),
+        (
+            vec![
+                CleanupAction::Delete("ccrt-1".into()),
+                CleanupAction::DeleteCsr("csr-1".into())
+            ],
+            false
+        )
+    );
+}
+
+proptest! {
+    /// Cleanup acts only on ids recorded in status, whatever else the tenant holds.
+    #[test]
+    fn cleanup_touches_only_recorded_ids(
+        recorded in proptest::collection::btree_set(0u8..10, 0..5),
+        others in proptest::collection::btree_set(10u8..20, 0..5),
+        flags in proptest::collection::vec((any::<bool>(), any::<bool>()), 20),
+        policy in prop_oneof![Just(DeletionPolicy::Retain), Just(DeletionPolicy::Deactivate), Just(DeletionPolicy::Delete)],
+    ) {
+        let id = |n: &u8| format!("ccrt-{n}");
+        let mut status = TenantCertificateStatus::default();
+        let mut ids = recorded.iter().map(id);
+        status.certificate_id = ids.next();
+        status.previous_certificate_ids = ids.collect();
+        let tenant: BTreeMap<_, _> = recorded
+            .iter()
+            .chain(&others)
+            .map(|n| {
+                let (active, live) = flags[*n as usize];
+                remote(&id(n), active, live)
+            })
+            .collect();
+        let (actions, _) = cleanup_actions(policy, &status, &tenant);
+        let known = known_ids(&status);
+        for a in &actions {
+            let (CleanupAction::Deactivate(i) | CleanupAction::Delete(i) | CleanupAction::DeleteCsr(i)) = a;
+            prop_assert!(known.contains(i), "{a:?} is not ours");
+            if let CleanupAction::Delete(i) = a {
+                prop_assert!(!tenant[i].active && !tenant[i].live, "deleted while active or live");
+            }
+        }
+        if policy == DeletionPolicy::Retain {
+            prop_assert!(actions.is_empty());
+        }
+    }
+}
