@@ -17,6 +17,21 @@ pub use retry::{RetryPolicy, parse_retry_after};
 pub use token::{Credentials, assertion, audience};
 pub use types::{Certificate, Csr, CsrRequest};
 
+/// Every parser of what a tenant sends back, run on `body` (for the fuzz targets).
+#[doc(hidden)]
+pub fn parse_any_response(body: &[u8]) {
+    let _ = serde_json::from_slice::<Vec<Certificate>>(body);
+    let _ = serde_json::from_slice::<Certificate>(body);
+    let _ = serde_json::from_slice::<Vec<Csr>>(body);
+    let _ = serde_json::from_slice::<Csr>(body);
+    let _ = serde_json::from_slice::<token::TokenResponse>(body);
+    let _ = serde_json::from_slice::<types::ErrorBody>(body);
+    let _ = oauth_or_text(body);
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = parse_retry_after(text, jiff::Timestamp::UNIX_EPOCH);
+    }
+}
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -437,6 +437,14 @@ fn retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
     Some(Duration::try_from(at.duration_since(now)).unwrap_or_default())
 }
 
+/// Every parser of what the vendor sends back, run on `body` (for the fuzz targets).
+#[doc(hidden)]
+pub fn parse_any_response(body: &[u8]) {
+    let _ = parse_cert_refresh(body);
+    let _ = parse_token_refresh(body);
+    let _ = vendor_error(body);
+}
+
 fn parse_cert_refresh(body: &[u8]) -> Result<CertRefresh, CieError> {
     let parsed: CertRefreshResponse = serde_json::from_slice(body).map_err(|e| {
         CieError::InvalidResponse(format!(
