@@ -1626,3 +1626,37 @@ async fn an_upload_whose_answer_was_lost_is_cleaned_up_after_the_secret_changes(
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_honours_the_backoff_of_a_failing_resource() {
+    let mut env = Env::new(sim_config()).await;
+    let mut options = fast_options();
+    options.failure_backoff_base = Duration::from_secs(30);
+    options.failure_backoff_max = Duration::from_secs(60);
+    env.start_operator_with(options.clone());
+    env.aic.knobs().set_fail_uploads_next(u32::MAX);
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
+        .await;
+    env.wait_for("login", 20, "a failure recorded", |t| {
+        t.status.as_ref().is_some_and(|s| s.failures.is_some())
+    })
+    .await;
+    let uploads = |env: &Env| {
+        env.tenant_calls()
+            .iter()
+            .filter(|c| c.starts_with("POST /environment/certificates"))
+            .count()
+    };
+    assert_eq!(uploads(&env), 1);
+    env.kill_operator().await;
+    env.start_operator_with(options);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        uploads(&env),
+        1,
+        "the new process waits for the next attempt time"
+    );
+    env.shutdown().await;
+}

@@ -202,10 +202,21 @@ impl Run<'_> {
             renew_request: pending_renew,
             now: self.now,
         };
-        if !self.ctx.record_look(&uid)
-            && let Some(after) = plan::quiet_after_restart(&settledness, &self.ctx.options.poll)
-        {
-            return Ok(Action::requeue(after));
+        if !self.ctx.record_look(&uid) {
+            // A new process honours the backoff the last one set: a restart must not send a
+            // fleet of failing resources at a failing tenant all at once. (Within a process, a
+            // reconcile before the next attempt time comes from a change someone made.)
+            if let Some(after) = plan::backing_off(
+                &self.status,
+                self.obj.meta().generation,
+                pending_renew,
+                self.now,
+            ) {
+                return Ok(Action::requeue(after));
+            }
+            if let Some(after) = plan::quiet_after_restart(&settledness, &self.ctx.options.poll) {
+                return Ok(Action::requeue(after));
+            }
         }
         // Polls of one tenant wake together (see `plan::aligned`) and share one list: a list that
         // started shortly before this reconcile is good enough to look at `live`, and one from

@@ -750,6 +750,23 @@ pub fn quiet_after_restart(s: &Settledness<'_>, poll: &PollPolicy) -> Option<Dur
     })
 }
 
+/// How long a resource that failed is still to wait before its next attempt, when nothing the
+/// user controls has changed since (the generation, a renew request).
+pub fn backing_off(
+    status: &TenantCertificateStatus,
+    generation: Option<i64>,
+    renew_request: Option<&str>,
+    now: Timestamp,
+) -> Option<Duration> {
+    status.failures?;
+    if status.observed_generation != generation || renew_request.is_some() {
+        return None;
+    }
+    let next: Timestamp = status.next_attempt_time.as_deref()?.parse().ok()?;
+    let wait = next.as_millisecond().checked_sub(now.as_millisecond())?;
+    (wait > 0).then(|| Duration::from_millis(wait as u64))
+}
+
 /// Poll `live` at half the time spent waiting so far, within [min, max]: quick when the tenant
 /// is quick, a handful of calls when it takes its observed minute. When `waiting` certificates
 /// of the tenant wait together, one list serves them all: the interval shrinks by the square

@@ -1099,3 +1099,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_new_process_honours_the_backoff_unless_the_user_changed_something() {
+    let now = ts("2026-11-23T10:00:00Z");
+    let mut status = TenantCertificateStatus {
+        failures: Some(3),
+        next_attempt_time: Some("2026-11-23T10:00:40Z".into()),
+        observed_generation: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(
+        backing_off(&status, Some(2), None, now),
+        Some(Duration::from_secs(40))
+    );
+    assert_eq!(
+        backing_off(&status, Some(3), None, now),
+        None,
+        "spec changed"
+    );
+    assert_eq!(
+        backing_off(&status, Some(2), Some("r1"), now),
+        None,
+        "renew asked"
+    );
+    assert_eq!(
+        backing_off(&status, Some(2), None, ts("2026-11-23T10:00:41Z")),
+        None,
+        "time is up"
+    );
+    status.failures = None;
+    assert_eq!(
+        backing_off(&status, Some(2), None, now),
+        None,
+        "no failure streak"
+    );
+}
