@@ -4,6 +4,7 @@
 
 pub mod aic;
 pub mod api;
+pub mod certmanager;
 pub mod cie;
 pub mod cli;
 pub mod controller;

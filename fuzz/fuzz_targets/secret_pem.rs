@@ -50,6 +50,8 @@ fuzz_target!(|data: &[u8]| {
             renew_before: None,
             deletion_policy: Default::default(),
             revision_history_limit: None,
+            issuer_ref: None,
+            duration: None,
         };
         let _ = source::read_source(&spec, Some(&secret), now);
     }

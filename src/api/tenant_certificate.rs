@@ -44,6 +44,7 @@ use super::{DURATION_RULE, SecretReference};
     )
 )]
 #[x_kube(validation = Rule::new("self.keySource != 'Tenant' || has(self.csr)").message("keySource Tenant needs csr: the tenant makes the key and CSR from it"))]
+#[x_kube(validation = Rule::new("!has(self.issuerRef) || self.keySource == 'Tenant'").message("issuerRef needs keySource Tenant: cert-manager signs the tenant's CSR (with keySource Local, cert-manager's Certificate writes the Secret)"))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantCertificateSpec {
     /// The AIC tenant environment and how to authenticate to it.
@@ -69,10 +70,38 @@ pub struct TenantCertificateSpec {
     /// What happens in the tenant when this resource is deleted. Default Retain.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// Old certificates kept (inactive) in the tenant after a rotation. Default 1.
+    /// Old certificates kept (inactive) in the tenant after a rotation, and old cert-manager
+    /// CertificateRequests kept. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 20))]
     pub revision_history_limit: Option<i32>,
+    /// Tenant mode: have cert-manager sign each tenant CSR through a CertificateRequest for this
+    /// Issuer or ClusterIssuer, so issuance and renewal need nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerReference>,
+    /// With `issuerRef`: the certificate duration to ask cert-manager for (Go duration, e.g.
+    /// 2160h). Default: the issuer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("duration must be a duration such as 2160h"))]
+    pub duration: Option<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerReference {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (same namespace, the default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self == 'Issuer' || self == 'ClusterIssuer'").message("issuerRef.kind must be Issuer or ClusterIssuer"))]
+    pub kind: Option<String>,
+    /// Default `cert-manager.io`; another group names an external issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub group: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -252,6 +281,9 @@ pub struct TenantCertificateStatus {
     /// since the intent that matches it is adopted; never what existed before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<CreateIntent>,
+    /// With `issuerRef`: the cert-manager CertificateRequest for the pending CSR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_request: Option<String>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]

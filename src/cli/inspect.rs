@@ -184,6 +184,8 @@ fn report(what: &str, chain: &str, key: Option<&String>, secret_name: &str) -> (
         renew_before: None,
         deletion_policy: Default::default(),
         revision_history_limit: None,
+        issuer_ref: None,
+        duration: None,
     };
     let mut data = BTreeMap::new();
     data.insert(TLS_CRT.to_string(), ByteString(chain.as_bytes().to_vec()));

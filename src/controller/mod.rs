@@ -20,6 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::aic::CallObserver;
 use crate::api::{DeviceIdCredential, TenantCertificate};
+use crate::certmanager;
 use crate::ops::admin::Health;
 use crate::ops::metrics::{self, Metrics, ReconcileOutcome};
 use crate::ops::namespaces::watch_scoped;
@@ -119,6 +120,8 @@ pub struct Context {
     /// TenantCertificate uids this process has reconciled: the first reconcile after a restart
     /// of a settled certificate makes no tenant call.
     pub looked: std::sync::Mutex<std::collections::HashSet<u128>>,
+    /// The cluster serves cert-manager's CertificateRequest (found at start).
+    pub cert_manager: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -146,6 +149,7 @@ impl Context {
             created: std::time::Instant::now(),
             waiting_live: Default::default(),
             looked: Default::default(),
+            cert_manager: Default::default(),
         })
     }
 
@@ -391,12 +395,37 @@ pub async fn run_with(
             .touched_objects();
     let [tenant_secrets, device_secrets] = fan_out(secrets);
     let store = reader.clone();
-    let tenant_certificates = controller
+    let mut controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
         .watches_shared_stream(
             tenant_secrets,
             referencing(store, tenant::references_secret),
-        )
+        );
+    // cert-manager's CertificateRequests, when the cluster serves them: only those certrotor
+    // made (by label), metadata only, each waking the TenantCertificate that owns it.
+    let gvk = kube::api::GroupVersionKind::gvk(certmanager::GROUP, "v1", "CertificateRequest");
+    match kube::discovery::pinned_kind(&client, &gvk).await {
+        Ok(_) => {
+            ctx.cert_manager
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let requests = watch_scoped::<PartialObjectMeta<certmanager::CertificateRequest>>(
+                &client,
+                &namespaces,
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    certmanager::MANAGED_BY_LABEL,
+                    crate::api::MANAGER
+                )),
+            )
+            .touched_objects();
+            controller = controller.owns_stream(requests);
+        }
+        Err(e) => tracing::info!(
+            error = %e,
+            "cert-manager's CertificateRequest is not served: TenantCertificates with issuerRef will be Stalled"
+        ),
+    }
+    let tenant_certificates = controller
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| measured(metrics::TENANT_CERTIFICATE, tenant::reconcile, obj, ctx),

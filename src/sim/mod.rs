@@ -3,5 +3,6 @@
 //! to them.
 
 pub mod aic;
+pub mod certmanager;
 pub mod cie;
 pub mod kube;

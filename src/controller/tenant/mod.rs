@@ -24,7 +24,7 @@ use crate::api::{
     self, CsrStatus, DeletionPolicy, PendingCertificate, TenantCertificate,
     TenantCertificateStatus, TenantRejection, Verdict,
 };
-use crate::pki;
+use crate::{certmanager, pki};
 use plan::{Invalid, Observation, Plan, Source, Step};
 
 /// Steps performed in one reconcile at most (a fresh Local certificate needs two: upload, then
@@ -141,6 +141,18 @@ impl Run<'_> {
         }
         if let Err(invalid) = source::validate_spec(spec) {
             return Ok(self.stall(invalid));
+        }
+        // Known before any tenant call: no CSR is made that nobody could sign.
+        if spec.issuer_ref.is_some()
+            && !self
+                .ctx
+                .cert_manager
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(self.stall(Invalid {
+                reason: "CertManagerNotInstalled",
+                message: "cert-manager is not installed: the cluster has no CertificateRequest (cert-manager.io/v1) CRD. Install cert-manager and restart certrotor, or remove issuerRef and put the signed chain in the Secret".into(),
+            }));
         }
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let secret = secrets.get_opt(&spec.secret_ref.name).await?;
@@ -272,6 +284,11 @@ impl Run<'_> {
             let renew_request = renew
                 .as_deref()
                 .filter(|v| Some(*v) != self.status.last_renew_request.as_deref());
+            let signing = self.signing().await.map_err(StepError::Kube)?;
+            if let plan::Signing::Request { name, .. } = &signing {
+                // Found again after a crash between creating it and recording it.
+                self.status.certificate_request = Some(name.clone());
+            }
             let obs = Observation {
                 spec,
                 status: &self.status,
@@ -282,6 +299,7 @@ impl Run<'_> {
                 now: self.now,
                 poll: self.ctx.options.poll,
                 waiting_on_tenant: self.ctx.waiting_for_live(&spec.tenant.url, &uid),
+                signing: signing.clone(),
             };
             let Plan { status, step } = plan::plan(&obs).map_err(StepError::Invalid)?;
             self.status = status;
@@ -326,6 +344,22 @@ impl Run<'_> {
                     self.status.last_failure_time = None;
                     self.conclude(Verdict::ready(reason, message));
                     return Ok(Action::requeue(after));
+                }
+                Step::StoreChain { name, chain } => {
+                    self.store_chain(&name, &chain)
+                        .await
+                        .map_err(StepError::Kube)?;
+                    let ready = self.current_settled(&tenant);
+                    self.conclude(Verdict::progressing(
+                        ready,
+                        "Issued",
+                        format!(
+                            "cert-manager issued CertificateRequest {name}; the chain is in Secret {} and is checked next",
+                            spec.secret_ref.name
+                        ),
+                    ));
+                    let poll = &self.ctx.options.poll;
+                    return Ok(Action::requeue(poll.min));
                 }
                 step if performed.contains(&step) => {
                     tracing::debug!(
@@ -648,6 +682,12 @@ impl Run<'_> {
                 self.status.pending = None;
                 self.status.csr = None;
             }
+            Step::RequestSignature { name } => {
+                self.request_signature(&name)
+                    .await
+                    .map_err(StepError::Kube)?;
+            }
+            Step::StoreChain { .. } => {}
             Step::SetActive { id, active } => {
                 if !active && self.is_pending(&id) {
                     self.events.push((
@@ -757,6 +797,176 @@ impl Run<'_> {
 
     fn written_intent(&self) -> bool {
         self.written.intent == self.status.intent
+    }
+
+    /// With `issuerRef` and a pending CSR: its cert-manager CertificateRequest, read from the
+    /// API server (the request's watch wakes this reconcile when it changes).
+    async fn signing(&self) -> Result<plan::Signing, Error> {
+        let csr = self
+            .status
+            .pending
+            .as_ref()
+            .filter(|p| p.certificate_id.is_none())
+            .and_then(|p| p.csr.as_ref());
+        let (Some(_), Some(csr)) = (&self.obj.spec.issuer_ref, csr) else {
+            return Ok(plan::Signing::NotAsked);
+        };
+        if !self
+            .ctx
+            .cert_manager
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(plan::Signing::NotInstalled);
+        }
+        let name = certmanager::request_name(&self.obj.name_any(), &csr.id);
+        let api: Api<certmanager::CertificateRequest> =
+            Api::namespaced(self.ctx.client.clone(), self.ns);
+        Ok(match api.get_opt(&name).await? {
+            None => plan::Signing::Missing { name },
+            Some(cr) => plan::Signing::Request {
+                name,
+                state: cr.state(),
+            },
+        })
+    }
+
+    /// Creates the CertificateRequest for the pending CSR (one per CSR: its name derives from
+    /// the CSR id, so after a crash the same request is found, never a second made), then
+    /// deletes this resource's older requests beyond `revisionHistoryLimit`.
+    async fn request_signature(&mut self, name: &str) -> Result<(), Error> {
+        let spec = &self.obj.spec;
+        let (Some(issuer), Some(csr)) = (
+            &spec.issuer_ref,
+            self.status.pending.as_ref().and_then(|p| p.csr.clone()),
+        ) else {
+            return Ok(());
+        };
+        let uid = self.obj.metadata.uid.clone().unwrap_or_default();
+        let request = certmanager::CertificateRequest {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.ns.to_string()),
+                owner_references: Some(self.obj.controller_owner_ref(&()).into_iter().collect()),
+                labels: Some(
+                    [
+                        (
+                            certmanager::MANAGED_BY_LABEL.to_string(),
+                            api::MANAGER.to_string(),
+                        ),
+                        (certmanager::OWNER_LABEL.to_string(), uid.clone()),
+                    ]
+                    .into(),
+                ),
+                annotations: Some([("certrotor.io/csr-id".to_string(), csr.id.clone())].into()),
+                ..Default::default()
+            },
+            spec: certmanager::CertificateRequestSpec {
+                request: certmanager::encode(&csr.request),
+                issuer_ref: certmanager::ObjectReference {
+                    name: issuer.name.clone(),
+                    kind: Some(issuer.kind.clone().unwrap_or_else(|| "Issuer".into())),
+                    group: Some(
+                        issuer
+                            .group
+                            .clone()
+                            .unwrap_or_else(|| certmanager::GROUP.into()),
+                    ),
+                },
+                duration: spec.duration.clone(),
+                usages: ["server auth", "digital signature", "key encipherment"]
+                    .map(String::from)
+                    .to_vec(),
+            },
+            status: None,
+        };
+        let api: Api<certmanager::CertificateRequest> =
+            Api::namespaced(self.ctx.client.clone(), self.ns);
+        match api
+            .create(&kube::api::PostParams::default(), &request)
+            .await
+        {
+            Ok(_) => self.events.push((
+                EventType::Normal,
+                "CertificateRequestCreated",
+                format!(
+                    "CertificateRequest {name} asks {} {} to sign CSR {}",
+                    request.spec.issuer_ref.kind.as_deref().unwrap_or("Issuer"),
+                    issuer.name,
+                    csr.id
+                ),
+            )),
+            // Made before a crash, or by the reconcile before: the same request.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.status.certificate_request = Some(name.to_string());
+        // Old requests beyond the history limit go.
+        let limit = spec
+            .revision_history_limit
+            .map(|l| l.max(0) as usize)
+            .unwrap_or(plan::DEFAULT_HISTORY);
+        let mut mine = api
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("{}={uid}", certmanager::OWNER_LABEL)),
+            )
+            .await?
+            .items;
+        mine.retain(|r| r.metadata.name.as_deref() != Some(name));
+        mine.sort_by_key(|r| {
+            std::cmp::Reverse(r.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        for old in mine.into_iter().skip(limit) {
+            if let Some(old) = old.metadata.name {
+                match api.delete(&old, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// cert-manager's chain into the resource's Secret (`tls.crt`), where the usual checks read
+    /// it and people can see it. A Secret that does not exist yet is created (Opaque: the key
+    /// stays in the tenant, so it cannot be a `kubernetes.io/tls` Secret).
+    async fn store_chain(&mut self, request: &str, chain: &str) -> Result<(), Error> {
+        let name = &self.obj.spec.secret_ref.name;
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let data = serde_json::json!({
+            "tls.crt": certmanager::encode(chain),
+        });
+        match secrets.get_opt(name).await? {
+            Some(_) => {
+                let patch = serde_json::json!({ "data": data });
+                secrets
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            None => {
+                let secret: Secret = serde_json::from_value(serde_json::json!({
+                    "metadata": {
+                        "name": name,
+                        "namespace": self.ns,
+                        "labels": {"app.kubernetes.io/managed-by": api::MANAGER},
+                    },
+                    "type": "Opaque",
+                    "data": data,
+                }))?;
+                secrets
+                    .create(&kube::api::PostParams::default(), &secret)
+                    .await?;
+            }
+        }
+        self.events.push((
+            EventType::Normal,
+            "Issued",
+            format!(
+                "cert-manager issued CertificateRequest {request}; chain written to Secret {name}"
+            ),
+        ));
+        Ok(())
     }
 
     fn end_failure_streak(&mut self) {
@@ -1039,6 +1249,10 @@ fn static_reason(reason: &str) -> &'static str {
         "ChainNotNewer",
         "CsrUnreadable",
         "LiveTimeout",
+        "CertManagerNotInstalled",
+        "IssuerRefNeedsTenant",
+        "CertificateRequestDenied",
+        "CertificateRequestFailed",
         "InvalidSpec",
         "InvalidRenewBefore",
         "CsrRequired",

@@ -115,6 +115,8 @@ impl Model {
             renew_before: None,
             deletion_policy: DeletionPolicy::Delete,
             revision_history_limit: Some(0),
+            issuer_ref: None,
+            duration: None,
         };
         Model {
             spec,
@@ -242,6 +244,7 @@ impl Model {
                 now: self.now,
                 poll: PollPolicy::default(),
                 waiting_on_tenant: 1,
+                signing: Signing::NotAsked,
             });
             let Ok(Plan {
                 status: planned,

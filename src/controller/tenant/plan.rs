@@ -58,6 +58,24 @@ pub struct Observation<'a> {
     /// How many of this tenant's certificates (this one included) wait for `live`: one list
     /// serves them all, so the more wait, the more often a list is worth making.
     pub waiting_on_tenant: usize,
+    /// With `spec.issuerRef`: the pending CSR's cert-manager CertificateRequest.
+    pub signing: Signing,
+}
+
+/// The cert-manager CertificateRequest of the pending CSR, as the executor found it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Signing {
+    /// No `issuerRef`, or no pending CSR: not looked for.
+    #[default]
+    NotAsked,
+    /// The cluster has no CertificateRequest CRD.
+    NotInstalled,
+    /// None yet for this CSR (`name` is the one to create).
+    Missing { name: String },
+    Request {
+        name: String,
+        state: crate::certmanager::RequestState,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +113,16 @@ pub enum Step {
     /// Tenant: upload the signed chain to the pending CSR.
     CompleteCsr {
         csr_id: String,
+    },
+    /// Tenant with `issuerRef`: ask cert-manager to sign the pending CSR.
+    RequestSignature {
+        name: String,
+    },
+    /// Tenant with `issuerRef`: cert-manager signed it; put the chain in the Secret, where the
+    /// usual checks read it.
+    StoreChain {
+        name: String,
+        chain: String,
     },
     /// Tenant: delete an open CSR that a newer request supersedes (the pending record goes).
     DeleteCsr {
@@ -260,6 +288,10 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                 }
                 None => {}
             }
+            if spec.issuer_ref.is_some() {
+                let step = signing_step(&obs.signing, &csr.id)?;
+                return Ok(Plan { status, step });
+            }
             let message = format!(
                 "waiting for the signed chain of CSR {} in Secret {} (tls.crt); the CSR is in status.csr.request",
                 csr.id, spec.secret_ref.name
@@ -385,6 +417,60 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             reason,
             message,
             after,
+        },
+    })
+}
+
+/// With `issuerRef`, a pending CSR and no chain for it yet: what to do about its cert-manager
+/// CertificateRequest. The executor is woken by the request's watch, so waits are long.
+fn signing_step(signing: &Signing, csr_id: &str) -> Result<Step, Invalid> {
+    use crate::certmanager::RequestState;
+    let long = Duration::from_secs(3600);
+    Ok(match signing {
+        Signing::NotAsked | Signing::NotInstalled => {
+            return Err(Invalid {
+                reason: "CertManagerNotInstalled",
+                message: "cert-manager is not installed: the cluster has no CertificateRequest (cert-manager.io/v1) CRD. Install cert-manager and restart certrotor, or remove issuerRef and put the signed chain in the Secret".into(),
+            });
+        }
+        Signing::Missing { name } => Step::RequestSignature { name: name.clone() },
+        Signing::Request { name, state } => match state {
+            RequestState::AwaitingApproval => Step::Wait {
+                reason: "AwaitingApproval",
+                message: format!(
+                    "CertificateRequest {name} for CSR {csr_id} waits for approval (cert-manager's approver or approver-policy)"
+                ),
+                after: long,
+            },
+            RequestState::Issuing => Step::Wait {
+                reason: "Issuing",
+                message: format!(
+                    "CertificateRequest {name} for CSR {csr_id} is approved; waiting for the issuer to sign it"
+                ),
+                after: long,
+            },
+            RequestState::Issued { chain } => Step::StoreChain {
+                name: name.clone(),
+                chain: chain.clone(),
+            },
+            RequestState::Denied { reason, message } => {
+                return Err(Invalid {
+                    reason: "CertificateRequestDenied",
+                    message: format!(
+                        "cert-manager denied CertificateRequest {name} ({reason}: {message}); set {} to try again with a new CSR",
+                        crate::api::RENEW_ANNOTATION
+                    ),
+                });
+            }
+            RequestState::Failed { reason, message } => {
+                return Err(Invalid {
+                    reason: "CertificateRequestFailed",
+                    message: format!(
+                        "cert-manager failed CertificateRequest {name} ({reason}: {message}); set {} to try again with a new CSR",
+                        crate::api::RENEW_ANNOTATION
+                    ),
+                });
+            }
         },
     })
 }

@@ -36,6 +36,8 @@ fn spec(key_source: KeySource) -> TenantCertificateSpec {
         renew_before: None,
         deletion_policy: DeletionPolicy::Retain,
         revision_history_limit: None,
+        issuer_ref: None,
+        duration: None,
     }
 }
 
@@ -131,6 +133,7 @@ impl Case {
             now: self.now,
             poll: PollPolicy::default(),
             waiting_on_tenant: 1,
+            signing: Signing::NotAsked,
         })
     }
     fn step(&self) -> Step {

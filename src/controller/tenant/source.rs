@@ -37,6 +37,17 @@ pub fn validate_spec(spec: &TenantCertificateSpec) -> Result<(), Invalid> {
             "spec.revisionHistoryLimit must not be negative".into(),
         );
     }
+    if spec.issuer_ref.is_some() && spec.key_source != KeySource::Tenant {
+        return invalid(
+            "IssuerRefNeedsTenant",
+            "spec.issuerRef needs keySource Tenant: cert-manager signs the tenant's CSR".into(),
+        );
+    }
+    if let Some(d) = &spec.duration
+        && let Err(e) = parse_duration(d)
+    {
+        return invalid("InvalidSpec", format!("spec.duration: {e}"));
+    }
     match (&spec.key_source, &spec.csr) {
         (KeySource::Tenant, None) => {
             invalid("CsrRequired", "keySource Tenant needs spec.csr".into())
