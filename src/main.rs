@@ -74,6 +74,17 @@ struct RunArgs {
     /// them (or use a cached token) before letting it go, with a Warning naming what is left.
     #[arg(long, env = "CERTROTOR_CLEANUP_TIMEOUT", default_value = "5m", value_parser = duration)]
     cleanup_timeout: Duration,
+    /// Sign TenantCertificates with `issuerRef` through cert-manager's CertificateRequests
+    /// (needs their RBAC; the chart's certManager.enabled).
+    #[arg(
+        long,
+        env = "CERTROTOR_CERT_MANAGER",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    cert_manager: bool,
     /// How often a settled certificate is checked against the tenant.
     #[arg(long, env = "CERTROTOR_RESYNC", default_value = "1h", value_parser = duration)]
     resync: Duration,
@@ -358,6 +369,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             selector: args.selector.clone().filter(|s| !s.trim().is_empty()),
             tenant_rate_limit: args.tenant_rate_limit.max(0.0),
             cleanup_timeout: args.cleanup_timeout,
+            cert_manager: args.cert_manager,
             ..Default::default()
         },
         leader,

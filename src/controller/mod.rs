@@ -79,6 +79,8 @@ pub struct Options {
     /// gone (namespace teardown) before the finalizer is released anyway, with a Warning naming
     /// the ids left in the tenant.
     pub cleanup_timeout: Duration,
+    /// Use cert-manager's CertificateRequests when the cluster serves them (`issuerRef`).
+    pub cert_manager: bool,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             selector: None,
             tenant_rate_limit: DEFAULT_TENANT_RATE_LIMIT,
             cleanup_timeout: Duration::from_secs(300),
+            cert_manager: true,
         }
     }
 }
@@ -404,7 +407,14 @@ pub async fn run_with(
     // cert-manager's CertificateRequests, when the cluster serves them: only those certrotor
     // made (by label), metadata only, each waking the TenantCertificate that owns it.
     let gvk = kube::api::GroupVersionKind::gvk(certmanager::GROUP, "v1", "CertificateRequest");
-    match kube::discovery::pinned_kind(&client, &gvk).await {
+    let served = if options.cert_manager {
+        kube::discovery::pinned_kind(&client, &gvk).await.map(drop)
+    } else {
+        Err(kube::Error::Discovery(
+            kube::error::DiscoveryError::MissingKind("turned off (--cert-manager=false)".into()),
+        ))
+    };
+    match served {
         Ok(_) => {
             ctx.cert_manager
                 .store(true, std::sync::atomic::Ordering::Relaxed);

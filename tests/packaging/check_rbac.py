@@ -24,6 +24,10 @@ OPERATOR_RULES = {
     ("", "configmaps"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
+# With the cert-manager integration on (CERTROTOR_CERT_MANAGER, the chart's certManager.enabled).
+CERT_MANAGER_RULES = {
+    ("cert-manager.io", "certificaterequests"): {"create", "get", "list", "watch", "delete"},
+}
 LEASE = ("coordination.k8s.io", "leases")
 LEASE_VERBS = {"get", "create", "patch"}
 # Verbs that work on a named object, so resourceNames can (and should) limit them.
@@ -65,6 +69,7 @@ def deployment_settings(docs):
         "serviceAccount": pod.get("serviceAccountName", "default"),
         "lease": lease,
         "namespaces": namespaces,
+        "certManager": (env.get("CERTROTOR_CERT_MANAGER") or "true") != "false",
     }
 
 
@@ -112,6 +117,9 @@ def check(docs):
                 if missing:
                     problems.append(f"{where}: lacks {label}: {sorted(missing)}")
 
+    operator_rules = dict(OPERATOR_RULES)
+    if settings["certManager"]:
+        operator_rules.update(CERT_MANAGER_RULES)
     lease_roles = [r for r in roles if LEASE in grants(r)]
     operator_roles = [r for r in roles if r not in lease_roles]
 
@@ -126,7 +134,7 @@ def check(docs):
                 problems.append(f"namespace {ns}: expected one Role for the operator, found {len(by_ns.get(ns, []))}")
                 continue
             role = by_ns[ns][0]
-            expect_exact(role, OPERATOR_RULES, f"Role {ns}/{role['metadata']['name']}")
+            expect_exact(role, operator_rules, f"Role {ns}/{role['metadata']['name']}")
             if not bound_to(docs, "RoleBinding", "Role", role, account, home):
                 problems.append(f"Role {ns}/{role['metadata']['name']} is not bound to ServiceAccount {home}/{account}")
         for ns in set(by_ns) - set(settings["namespaces"]):
@@ -137,7 +145,7 @@ def check(docs):
         if len(cluster_roles) != 1:
             problems.append(f"expected one ClusterRole, found {len(cluster_roles)}")
         for role in cluster_roles:
-            expect_exact(role, OPERATOR_RULES, f"ClusterRole {role['metadata']['name']}")
+            expect_exact(role, operator_rules, f"ClusterRole {role['metadata']['name']}")
             if not bound_to(docs, "ClusterRoleBinding", "ClusterRole", role, account, home):
                 problems.append(f"ClusterRole {role['metadata']['name']} is not bound to ServiceAccount {home}/{account}")
 

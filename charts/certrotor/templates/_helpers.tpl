@@ -88,6 +88,11 @@ Leases are granted apart, in the release namespace only (certrotor.leaseRules).
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.certManager.enabled }}
+- apiGroups: [cert-manager.io]
+  resources: [certificaterequests]
+  verbs: [create, get, list, watch, delete]
+{{- end }}
 {{- end }}
 
 {{/* Leader election (kube-lease-manager): create cannot be limited by name; get and patch only touch our Lease. */}}
