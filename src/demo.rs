@@ -15,14 +15,19 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::api::{self, DeviceIdCredential, TenantCertificate};
+use crate::certmanager::{CertificateRequest, RequestState};
 use crate::controller::{Options, PollPolicy};
 use crate::pki::{KeyAlgorithm, ca::Ca};
 use crate::sim::aic::{AicSim, AicSimConfig};
+use crate::sim::certmanager::CertManager;
 use crate::sim::cie::{CieSim, CieSimConfig};
 use crate::sim::kube::StandIn;
 
 const LOCAL_EXAMPLE: &str = include_str!("../deploy/examples/tenantcertificate-local.yaml");
-const TENANT_EXAMPLE: &str = include_str!("../deploy/examples/tenantcertificate-tenant.yaml");
+/// The Issuer and the TenantCertificate that names it; the demo applies the latter and plays the
+/// former (a simulated cert-manager with a CA issuer).
+const CERT_MANAGER_EXAMPLE: &str =
+    include_str!("../deploy/examples/tenantcertificate-cert-manager.yaml");
 const DEVICE_ID_EXAMPLE: &str = include_str!("../deploy/examples/deviceidcredential.yaml");
 
 #[derive(Debug, Clone)]
@@ -82,6 +87,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .await
             .context("applying CRDs")?;
     }
+    // cert-manager: its CertificateRequest CRD, and a CA issuer that approves and signs.
+    {
+        use kube::CustomResourceExt;
+        crds.create(&PostParams::default(), &CertificateRequest::crd())
+            .await
+            .context("applying cert-manager's CertificateRequest CRD")?;
+    }
+    let _cert_manager = CertManager::start_with_pace(
+        client.clone(),
+        std::sync::Arc::new(Ca::new("certrotor demo issuer (corp-ca)")?),
+        Duration::from_millis(700),
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in ["identity", "deviceid"] {
         let obj = Namespace {
@@ -204,14 +221,12 @@ impl Demo {
         )
         .await?;
         self.apply(&local).await?;
-        // Tenant: the tenant makes the key; we play the CA that signs the CSR.
-        let tenant: TenantCertificate = example(TENANT_EXAMPLE, &aic.url())?;
+        // Tenant: the tenant makes the key; cert-manager signs its CSR through a CertificateRequest.
+        let tenant: TenantCertificate =
+            example(tenant_certificate_of(CERT_MANAGER_EXAMPLE), &aic.url())?;
         self.apply(&tenant).await?;
 
         let local_id = self.wait("identity", &local.name_any(), |_| true).await?;
-        let csr = self.wait_csr("identity", &tenant.name_any(), None).await?;
-        self.sign_into("identity", &tenant.spec.secret_ref.name, &csr)
-            .await?;
         let tenant_id = self.wait("identity", &tenant.name_any(), |_| true).await?;
 
         self.say("rotation: cert-manager renews the Local certificate's Secret");
@@ -224,7 +239,10 @@ impl Demo {
         self.wait("identity", &local.name_any(), |id| id != local_id)
             .await?;
 
-        self.say("rotation: `kubectl annotate tcert idp-example-com certrotor.io/renew=1`");
+        self.say(&format!(
+            "rotation: `kubectl annotate tcert {} certrotor.io/renew=1` (a new tenant CSR, signed through cert-manager with nobody involved)",
+            tenant.name_any()
+        ));
         let patch = serde_json::json!({"metadata": {"annotations": {api::RENEW_ANNOTATION: "1"}}});
         self.tcerts("identity")
             .patch(
@@ -232,11 +250,6 @@ impl Demo {
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await?;
-        let csr2 = self
-            .wait_csr("identity", &tenant.name_any(), Some(&csr))
-            .await?;
-        self.sign_into("identity", &tenant.spec.secret_ref.name, &csr2)
             .await?;
         self.wait("identity", &tenant.name_any(), |id| id != tenant_id)
             .await?;
@@ -352,20 +365,6 @@ impl Demo {
         .await
     }
 
-    async fn sign_into(&self, ns: &str, name: &str, csr: &str) -> anyhow::Result<()> {
-        let now = jiff::Timestamp::now();
-        let chain = self.ca.sign_csr(
-            csr,
-            now - jiff::SignedDuration::from_mins(5),
-            now + jiff::SignedDuration::from_hours(24 * 90),
-        )?;
-        self.say(&format!(
-            "CA: signed the CSR, chain put in Secret {ns}/{name}"
-        ));
-        self.put_secret(ns, name, [("tls.crt".into(), chain)].into(), "Opaque")
-            .await
-    }
-
     /// Waits for Ready with a certificate id accepted by `pred`; prints the timeline meanwhile.
     async fn wait(
         &mut self,
@@ -391,24 +390,6 @@ impl Demo {
                 && let Some(id) = status.certificate_id.filter(|id| pred(id))
             {
                 return Ok(id);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn wait_csr(
-        &mut self,
-        ns: &str,
-        name: &str,
-        not: Option<&str>,
-    ) -> anyhow::Result<String> {
-        loop {
-            self.timeline().await;
-            let t = self.tcerts(ns).get(name).await?;
-            if let Some(csr) = t.status.and_then(|s| s.pending).and_then(|p| p.csr)
-                && Some(csr.request.as_str()) != not
-            {
-                return Ok(csr.request);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -444,6 +425,28 @@ impl Demo {
                         d.name_any()
                     ),
                     describe_device(&d),
+                )
+            }));
+        }
+        if let Ok(list) = Api::<CertificateRequest>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+        {
+            lines.extend(list.into_iter().map(|r| {
+                let state = match r.state() {
+                    RequestState::AwaitingApproval => "created, awaiting approval".to_string(),
+                    RequestState::Issuing => "approved, issuing".to_string(),
+                    RequestState::Issued { .. } => "issued by the CA issuer".to_string(),
+                    RequestState::Denied { reason, .. } => format!("denied ({reason})"),
+                    RequestState::Failed { reason, .. } => format!("failed ({reason})"),
+                };
+                (
+                    format!(
+                        "CertificateRequest {}/{}",
+                        r.namespace().unwrap_or_default(),
+                        r.name_any()
+                    ),
+                    state,
                 )
             }));
         }
@@ -526,6 +529,13 @@ fn describe(t: &TenantCertificate) -> String {
         }
     }
     line
+}
+
+/// The TenantCertificate document of a multi-document example.
+fn tenant_certificate_of(yaml: &str) -> &str {
+    yaml.split("\n---\n")
+        .find(|doc| doc.contains("kind: TenantCertificate"))
+        .unwrap_or(yaml)
 }
 
 /// An example resource, pointed at the simulator.

@@ -14,7 +14,9 @@ fn demo_tells_the_whole_story_and_exits_zero() {
         "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     for step in [
-        "AwaitingSignedChain",
+        "CertificateRequest identity/sso-example-com-",
+        "awaiting approval",
+        "issued by the CA issuer",
         "WaitingForLive",
         "Ready=True Live",
         "(SecretChanged)",

@@ -46,8 +46,14 @@ impl Drop for CertManager {
 }
 
 impl CertManager {
-    /// Starts working on every CertificateRequest in the cluster `client` talks to.
+    /// Starts working on every CertificateRequest in the cluster `client` talks to, a step
+    /// (approve, then sign) every 100 ms.
     pub fn start(client: kube::Client, ca: Arc<Ca>) -> CertManager {
+        Self::start_with_pace(client, ca, Duration::from_millis(100))
+    }
+
+    /// As [`Self::start`], a step every `pace` (the demo slows it down so each step shows).
+    pub fn start_with_pace(client: kube::Client, ca: Arc<Ca>, pace: Duration) -> CertManager {
         let knobs = Arc::new(Knobs::default());
         let (k, c) = (knobs.clone(), ca.clone());
         let task = tokio::spawn(async move {
@@ -58,7 +64,7 @@ impl CertManager {
                         let _ = step(&client, &cr, &k, &c).await;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(pace).await;
             }
         });
         CertManager { knobs, ca, task }
