@@ -296,3 +296,42 @@ async fn issuer_ref_needs_tenant_mode() {
     }
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_at_renew_before_needs_nobody() {
+    let (env, cm) = env_with_cert_manager().await;
+    // Short-lived certificates (issued 1 min back-dated, for 6 s) renewed 2 s before expiry.
+    let yaml = with_url(
+        &tenant_yaml(
+            "idp",
+            CSR,
+            "  issuerRef: {name: ca-issuer, kind: ClusterIssuer}\n  duration: 6s\n  renewBefore: 2s\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    );
+    env.apply(&yaml).await;
+    let first = env.wait_ready("idp").await.status.unwrap();
+    let t = env
+        .wait_for("idp", 30, "renewed at renewBefore", |t| {
+            let s = t.status.as_ref().unwrap();
+            is_ready(t)
+                && s.certificate_id != first.certificate_id
+                && s.pending.is_none()
+                && s.previous_certificate_ids.is_empty()
+        })
+        .await;
+    let status = t.status.unwrap();
+    assert!(
+        status.not_after > first.not_after,
+        "a newer certificate: {:?} after {:?}",
+        status.not_after,
+        first.not_after
+    );
+    assert!(cm.knobs.signed.load(Ordering::SeqCst) >= 2);
+    let cr = requests(&env)
+        .get(status.certificate_request.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cr.spec.issuer_ref.kind.as_deref(), Some("ClusterIssuer"));
+    env.shutdown().await;
+}

@@ -158,7 +158,7 @@ async fn step(
                 let now = jiff::Timestamp::now();
                 let chain = ca.sign_csr(
                     &request,
-                    now - jiff::SignedDuration::from_hours(1),
+                    now - jiff::SignedDuration::from_mins(1),
                     now + jiff::SignedDuration::try_from(lifetime)?,
                 )?;
                 // cert-manager puts the leaf (and intermediates) in `certificate`, the root in `ca`.
