@@ -243,7 +243,9 @@ fn tenant_certificate() -> Value {
             "csr": {"commonName": "login.example.com", "country": "US",
                     "jurisdictionCountry": "DE",
                     "subjectAlternativeNames": ["login.example.com", "id.example.com"]},
-            "renewBefore": "720h"
+            "renewBefore": "720h",
+            "issuerRef": {"name": "corp-ca", "kind": "Issuer"},
+            "duration": "2160h"
         }
     })
 }
@@ -329,7 +331,42 @@ async fn every_rule_accepts_a_valid_object_and_refuses_an_invalid_one_with_its_m
                 "spec: Invalid value: \"object\": keySource Tenant needs csr: the tenant makes the key and CSR from it",
             ),
         ),
-        case(TC, "spec#0", "/spec/keySource", json!("Local"), None),
+        case(
+            TC,
+            "spec#1",
+            "/spec/keySource",
+            json!("Local"),
+            Some(
+                "spec: Invalid value: \"object\": issuerRef needs keySource Tenant: cert-manager signs the tenant's CSR (with keySource Local, cert-manager's Certificate writes the Secret)",
+            ),
+        ),
+        case(TC, "spec#1", "/spec/issuerRef", Value::Null, None),
+        case(
+            TC,
+            "spec.issuerRef.kind#0",
+            "/spec/issuerRef/kind",
+            json!("Certificate"),
+            Some(
+                "spec.issuerRef.kind: Invalid value: \"string\": issuerRef.kind must be Issuer or ClusterIssuer",
+            ),
+        ),
+        case(
+            TC,
+            "spec.issuerRef.kind#0",
+            "/spec/issuerRef/kind",
+            json!("ClusterIssuer"),
+            None,
+        ),
+        case(
+            TC,
+            "spec.duration#0",
+            "/spec/duration",
+            json!("90 days"),
+            Some(
+                "spec.duration: Invalid value: \"string\": duration must be a duration such as 2160h",
+            ),
+        ),
+        case(TC, "spec.duration#0", "/spec/duration", json!("24h"), None),
         case(
             TC,
             "spec.tenant.url#0",

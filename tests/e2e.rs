@@ -355,10 +355,47 @@ async fn operator_calls_are_exactly_what_the_rbac_contract_grants() {
     let cie = CieSim::start("127.0.0.1:0".parse().unwrap(), CieSimConfig::default())
         .await
         .unwrap();
+    // cert-manager is installed: its CRD, and a CA issuer.
+    {
+        use kube::CustomResourceExt;
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(env.client.clone());
+        crds.create(
+            &Default::default(),
+            &certrotor::certmanager::CertificateRequest::crd(),
+        )
+        .await
+        .unwrap();
+    }
+    let _cert_manager = certrotor::sim::certmanager::CertManager::start(
+        env.client.clone(),
+        std::sync::Arc::new(certrotor::pki::ca::Ca::new("issuer").unwrap()),
+    );
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     env.standin.write_kubeconfig(&kubeconfig).unwrap();
     let operator = Operator::spawn(&kubeconfig);
+
+    // Tenant mode through cert-manager, renewed once (the first request then goes).
+    env.apply(&with_url(
+        &tenant_yaml(
+            "sso",
+            "{commonName: sso.example.com, subjectAlternativeNames: [sso.example.com]}",
+            "  issuerRef: {name: ca-issuer}\n  revisionHistoryLimit: 0\n",
+        ),
+        &env,
+    ))
+    .await;
+    let first = env.wait_ready("sso").await.status.unwrap().certificate_id;
+    let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "rbac"}}});
+    env.tcerts()
+        .patch("sso", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.wait_for("sso", 60, "renewed through cert-manager", |t| {
+        is_ready(t) && t.status.as_ref().unwrap().certificate_id != first
+    })
+    .await;
 
     let (chain, key) = env.issue(&["login.example.com"], 90);
     env.put_tls("login-tls", &chain, &key).await;

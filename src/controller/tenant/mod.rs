@@ -361,6 +361,23 @@ impl Run<'_> {
                     let poll = &self.ctx.options.poll;
                     return Ok(Action::requeue(poll.min));
                 }
+                // A mutation is decided on a list that shows our own last one: a list shared
+                // from before it (or a lagging one) would have us repeat it.
+                step if !self.list_is_strict && step.is_mutation() => {
+                    let list = client
+                        .list_certificates_since(self.ctx.tenant_state_since(&uid))
+                        .await?;
+                    tenant = ours(&list, &self.status);
+                    for id in plan::known_ids(&self.status) {
+                        if !tenant.contains_key(&id)
+                            && let Some(c) = client.get_certificate(&id).await?
+                        {
+                            tenant.insert(id, c);
+                        }
+                    }
+                    self.listed = list;
+                    self.list_is_strict = true;
+                }
                 step if performed.contains(&step) => {
                     tracing::debug!(
                         ?step,
