@@ -25,12 +25,18 @@ struct Env {
     sim: CieSim,
     stop: Option<oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
+    /// A second operator that also believes it leads (a frozen old leader, a second cluster).
+    second: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Env {
     async fn new(config: CieSimConfig) -> Env {
+        Self::new_with(config, Default::default()).await
+    }
+
+    async fn new_with(config: CieSimConfig, options: certrotor::sim::kube::Options) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let standin = StandIn::start("127.0.0.1:0".parse().unwrap())
+        let standin = StandIn::start_with("127.0.0.1:0".parse().unwrap(), options)
             .await
             .unwrap();
         let client = standin.client();
@@ -47,6 +53,7 @@ impl Env {
             sim,
             stop: None,
             operator: None,
+            second: None,
         };
         let onboarding = env.sim.onboarding();
         env.put_secret(
@@ -71,6 +78,14 @@ impl Env {
         self.stop = Some(tx);
     }
 
+    fn start_second_operator(&mut self) {
+        let client = self.client.clone();
+        self.second = Some(tokio::spawn(async move {
+            certrotor::controller::run(client, Options::default(), None, std::future::pending())
+                .await;
+        }));
+    }
+
     /// Stops the operator abruptly, as a crash would.
     async fn kill_operator(&mut self) {
         if let Some(handle) = self.operator.take() {
@@ -81,6 +96,10 @@ impl Env {
     }
 
     async fn shutdown(mut self) {
+        if let Some(second) = self.second.take() {
+            second.abort();
+            let _ = second.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -959,5 +978,46 @@ async fn a_missing_onboarding_secret_does_not_stop_renewals() {
         t == "Warning" && r == "OnboardingSecretMissing"
     })
     .await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_that_both_believe_they_lead_make_one_call_per_request() {
+    // Status writes take 300 ms to land: both operators read the same ledger before either
+    // records its attempt, as a frozen leader and its successor would.
+    let mut env = Env::new_with(
+        CieSimConfig::default(),
+        certrotor::sim::kube::Options {
+            status_write_delay: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.start_operator();
+    env.start_second_operator();
+    let obj = env.manifest("iot", "onboarding", "");
+    env.didcs()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    env.wait_for("iot", 30, "Ready", is_ready).await;
+    env.assert_quiet(2).await;
+    assert_eq!(
+        env.cert_refreshes().len(),
+        1,
+        "one call, not one per writer"
+    );
+    env.annotate("iot", api::RENEW_ANNOTATION, "once").await;
+    env.wait_for("iot", 30, "renewed", |d| {
+        status(d).last_renew_request.as_deref() == Some("once")
+    })
+    .await;
+    env.assert_quiet(2).await;
+    assert_eq!(
+        env.cert_refreshes().len(),
+        2,
+        "one call for the renew request"
+    );
+    assert_eq!(env.sim.count_429(), 0, "the budget was not overrun");
     env.shutdown().await;
 }

@@ -259,7 +259,13 @@ fn ours_in_tenant(env: &Env) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_upload_answer_is_adopted_after_a_crash_not_duplicated() {
-    let mut env = Env::start(sim_config()).await;
+    let mut env = Env::new(sim_config()).await;
+    // A backoff long enough for the test to see the failure and crash the process before the
+    // retry; the next process honours what is left of it.
+    let mut options = fast_options();
+    options.failure_backoff_base = Duration::from_secs(3);
+    options.failure_backoff_max = Duration::from_secs(4);
+    env.start_operator_with(options);
     // The upload takes effect; its answer is lost. Then the process dies before retrying.
     env.aic.knobs().set_lose_creates_next(1);
     let (chain, key) = env.issue(&["login.example.com"], 90);

@@ -160,14 +160,50 @@ pub fn normalize_endpoint(endpoint: &str) -> String {
     endpoint.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
-/// The older resource (in any namespace) that already uses the same endpoint and onboarding
-/// certificate, if any: the vendor's budget and its two-certificate limit are per credentials,
-/// so two resources refreshing with them would evict each other's certificates.
+/// What two DeviceIdCredentials may not share: each is one registry at the vendor (its
+/// budget, its two-certificate window), or one output Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The same endpoint and onboarding certificate: one budget, one two-certificate window.
+    OnboardingCredentials,
+    /// The same endpoint and certName: refreshes of one would evict the other's certificates.
+    CertName,
+    /// The same output Secret in one namespace: each would overwrite the other's credential.
+    OutputSecret,
+}
+
+impl Shared {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Shared::OnboardingCredentials => "SharedOnboardingCredentials",
+            Shared::CertName => "SharedCertName",
+            Shared::OutputSecret => "SharedOutputSecret",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Shared::OnboardingCredentials => {
+                "the same endpoint and onboarding certificate; two resources refreshing with one credential would evict each other's certificates. Onboard a separate credential for this one"
+            }
+            Shared::CertName => {
+                "the same endpoint and certName; refreshes under one name would evict each other's certificates. Give this one its own certName"
+            }
+            Shared::OutputSecret => {
+                "the same output secretName in this namespace; each would overwrite the other's credential. Give this one its own secretName"
+            }
+        }
+    }
+}
+
+/// The oldest other resource (in any namespace, paused ones included) that shares a vendor
+/// registry or the output Secret with `me`, and what it shares. The older one keeps it; the
+/// newer is stopped before any call.
 pub fn older_sharing<'a>(
     me: &DeviceIdCredential,
     onboarding_fingerprint: &str,
     others: impl IntoIterator<Item = &'a DeviceIdCredential>,
-) -> Option<String> {
+) -> Option<(String, Shared)> {
     let endpoint = normalize_endpoint(&me.spec.endpoint);
     let key = |d: &DeviceIdCredential| {
         (
@@ -177,19 +213,35 @@ pub fn older_sharing<'a>(
         )
     };
     let mine = key(me);
-    others
-        .into_iter()
-        .filter(|o| o.uid() != me.uid())
-        .filter(|o| normalize_endpoint(&o.spec.endpoint) == endpoint)
-        .filter(|o| {
-            o.status
+    let shares = |o: &DeviceIdCredential| {
+        let same_endpoint = normalize_endpoint(&o.spec.endpoint) == endpoint;
+        if same_endpoint
+            && o.status
                 .as_ref()
                 .and_then(|s| s.onboarding_fingerprint.as_deref())
                 == Some(onboarding_fingerprint)
-        })
+        {
+            Some(Shared::OnboardingCredentials)
+        } else if same_endpoint && o.spec.cert_name == me.spec.cert_name {
+            Some(Shared::CertName)
+        } else if o.namespace() == me.namespace() && o.spec.secret_name == me.spec.secret_name {
+            Some(Shared::OutputSecret)
+        } else {
+            None
+        }
+    };
+    others
+        .into_iter()
+        .filter(|o| o.uid() != me.uid())
         .filter(|o| key(o) < mine)
-        .min_by_key(|o| key(o))
-        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .filter_map(|o| shares(o).map(|what| (key(o), o, what)))
+        .min_by_key(|(k, _, _)| k.clone())
+        .map(|(_, o, what)| {
+            (
+                format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
+                what,
+            )
+        })
 }
 
 /// Whether the output certificate is usable at `now`.
@@ -287,7 +339,7 @@ mod tests {
                 name,
                 serde_json::from_value(serde_json::json!({
                     "endpoint": "https://cie.test/", "onboardingSecretRef": {"name": "o"},
-                    "certName": "c", "secretName": "s"
+                    "certName": format!("{ns}-{name}"), "secretName": "s"
                 }))
                 .unwrap(),
             );
@@ -307,10 +359,27 @@ mod tests {
         let new = make("b", "new", 200, Some("fp"));
         let unrelated = make("c", "other", 50, Some("other-fp"));
         let all = [old.clone(), new.clone(), unrelated];
-        assert_eq!(older_sharing(&new, "fp", &all), Some("a/old".into()));
+        assert_eq!(
+            older_sharing(&new, "fp", &all),
+            Some(("a/old".into(), Shared::OnboardingCredentials))
+        );
         assert_eq!(older_sharing(&old, "fp", &all), None);
         let mut other_endpoint = make("d", "elsewhere", 10, Some("fp"));
         other_endpoint.spec.endpoint = "https://eu.cie.test".into();
         assert_eq!(older_sharing(&old, "fp", [&other_endpoint]), None);
+        // Other onboarding credentials, but the same certName on the same endpoint.
+        let mut same_name = make("e", "same-name", 10, Some("fp2"));
+        same_name.spec.cert_name = old.spec.cert_name.clone();
+        assert_eq!(
+            older_sharing(&old, "fp", [&same_name]),
+            Some(("e/same-name".into(), Shared::CertName))
+        );
+        // The same output Secret in the same namespace, whatever else differs.
+        let mut same_secret = make("a", "same-secret", 10, Some("fp3"));
+        same_secret.spec.endpoint = "https://eu.cie.test".into();
+        assert_eq!(
+            older_sharing(&old, "fp", [&same_secret]),
+            Some(("a/same-secret".into(), Shared::OutputSecret))
+        );
     }
 }

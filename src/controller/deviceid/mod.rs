@@ -90,6 +90,7 @@ pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Resul
     let mut run = Run {
         status: fresh.status.clone().unwrap_or_default(),
         written: fresh.status.clone().unwrap_or_default(),
+        resource_version: fresh.metadata.resource_version.clone(),
         obj: &fresh,
         ctx: &ctx,
         ns: &ns,
@@ -117,6 +118,8 @@ struct Run<'a> {
     status: DeviceIdCredentialStatus,
     /// What the API server holds, to write only the difference.
     written: DeviceIdCredentialStatus,
+    /// The resourceVersion that `written` was read or written at.
+    resource_version: Option<String>,
     events: Vec<(EventType, &'static str, String)>,
     now: Timestamp,
     /// A certificate was received in this reconcile.
@@ -188,14 +191,14 @@ impl Run<'_> {
         };
         self.status.onboarding_fingerprint = Some(onboarding.info.fingerprint.clone());
         let others = self.ctx.deviceid.others();
-        if let Some(older) = inputs::older_sharing(
+        if let Some((older, what)) = inputs::older_sharing(
             self.obj,
             &onboarding.info.fingerprint,
             others.iter().map(|o| &**o),
         ) {
             return Ok(self.stall(Invalid::new(
-                "SharedOnboardingCredentials",
-                format!("{older} already uses the same endpoint and onboarding certificate; two resources refreshing with one credential would evict each other's certificates. Onboard a separate credential for this one"),
+                what.reason(),
+                format!("{older} already uses {}", what.describe()),
             )));
         }
         for step in 0..MAX_STEPS {
@@ -368,7 +371,9 @@ impl Run<'_> {
             api::annotation(self.obj.meta(), api::RENEW_ANNOTATION),
         );
         let recorded = Instant::now();
-        self.write_status().await?;
+        // One writer per ledger: the attempt is recorded only if nobody wrote since we read
+        // (a frozen old leader, a second cluster); else no call.
+        self.record_attempt().await?;
         if recorded.elapsed() > crate::cie::budget::MAX_RECORD_TO_SEND {
             // The budget's margin no longer covers the delay: this attempt is spent unsent.
             plan::after_cert_call(&mut self.status, &Outcome::NotSent, previous, self.now, 0.0);
@@ -500,7 +505,7 @@ impl Run<'_> {
         let _guard = lock.lock().await;
         self.now = Timestamp::now();
         let previous = plan::record_token_attempt(&mut self.status, self.now);
-        self.write_status().await?;
+        self.record_attempt().await?;
         let started = Instant::now();
         let result = client.refresh_token().await;
         self.ctx
@@ -662,20 +667,40 @@ impl Run<'_> {
         );
     }
 
-    /// Writes the status difference now (before a call, and right after it).
+    /// Writes the status difference now (right after a call: its result must land whatever
+    /// else changed meanwhile).
     async fn write_status(&mut self) -> Result<(), Error> {
+        self.write(false).await
+    }
+
+    /// Records an attempt before its call, conditional on the resourceVersion this reconcile
+    /// read or last wrote: a 409 means another writer moved the ledger, and the call is not
+    /// made (the error ends the reconcile; the next one reads the ledger afresh).
+    async fn record_attempt(&mut self) -> Result<(), Error> {
+        self.write(true).await
+    }
+
+    async fn write(&mut self, conditional: bool) -> Result<(), Error> {
         let old = serde_json::to_value(&self.written)?;
         let new = serde_json::to_value(&self.status)?;
         if let Some(diff) = merge_patch_diff(&old, &new) {
             let api: Api<DeviceIdCredential> = Api::namespaced(self.ctx.client.clone(), self.ns);
-            let patch = serde_json::json!({ "status": diff });
-            api.patch_status(
-                &self.obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            let patch = match (conditional, &self.resource_version) {
+                (true, Some(rv)) => serde_json::json!({
+                    "metadata": {"resourceVersion": rv},
+                    "status": diff,
+                }),
+                _ => serde_json::json!({ "status": diff }),
+            };
+            let written = api
+                .patch_status(
+                    &self.obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
             self.written = self.status.clone();
+            self.resource_version = written.metadata.resource_version;
         }
         Ok(())
     }
@@ -726,6 +751,8 @@ fn stall_reason(reason: &str) -> &'static str {
         "InvalidSubject",
         "InvalidConfig",
         "SharedOnboardingCredentials",
+        "SharedCertName",
+        "SharedOutputSecret",
         "OnboardingExpired",
         "Unauthorized",
         "BadRequest",

@@ -83,6 +83,10 @@ pub struct Options {
     /// since 1.25. Off plays an older server, which ignores them: for testing what the
     /// operator itself checks.
     pub validation_rules: bool,
+    /// Each write to a `status` subresource waits this long before it is applied (against the
+    /// object as it is then): two writers that read the same version race, as a frozen leader
+    /// and its successor do.
+    pub status_write_delay: Duration,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(30),
             history_limit: 4096,
             validation_rules: true,
+            status_write_delay: Duration::ZERO,
         }
     }
 }
@@ -229,6 +234,7 @@ impl StandIn {
             shutdown: stopped.clone(),
             stop,
             bookmark_interval: options.bookmark_interval,
+            status_write_delay: options.status_write_delay,
         });
         let router = axum::Router::new()
             .fallback(server::handle)

@@ -33,6 +33,7 @@ pub struct App {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub stop: tokio::sync::watch::Sender<bool>,
     pub bookmark_interval: Duration,
+    pub status_write_delay: Duration,
 }
 
 /// What a request's path names.
@@ -492,6 +493,9 @@ async fn patch(app: &App, req: &Request) -> Result<Response, ApiError> {
         return Err(ApiError::bad_request(
             "the patch body does not have the shape its content type requires",
         ));
+    }
+    if req.is_status() && !app.status_write_delay.is_zero() {
+        tokio::time::sleep(app.status_write_delay).await;
     }
     let obj = app.state.write().await.patch(
         &req.info,
