@@ -1021,3 +1021,52 @@ async fn two_operators_that_both_believe_they_lead_make_one_call_per_request() {
     assert_eq!(env.sim.count_429(), 0, "the budget was not overrun");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_bundle_stalls_spends_nothing_and_a_fix_is_used_at_once() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    let mut obj = env.manifest("iot", "onboarding", "");
+    // A CA that did not sign the endpoint's certificate.
+    obj.spec.ca_bundle = Some(
+        certrotor::pki::ca::Ca::new("someone else's CA")
+            .unwrap()
+            .cert_pem(),
+    );
+    env.didcs()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let d = env
+        .wait_for("iot", 30, "Stalled", |d| stalled(d).is_some())
+        .await;
+    assert_eq!(stalled(&d).as_deref(), Some("TlsVerificationFailed"));
+    let (_, _, message) = condition(&d, "Stalled").unwrap();
+    assert!(
+        message.contains("caBundle"),
+        "the condition says what to fix: {message}"
+    );
+    assert!(
+        status(&d).attempts.is_empty(),
+        "no attempt spent: {:?}",
+        status(&d).attempts
+    );
+    assert!(env.cert_refreshes().is_empty());
+    // The fix is picked up at once, not after a pause.
+    let patch = serde_json::json!({"spec": {"caBundle": env.sim.ca_pem()}});
+    env.didcs()
+        .patch("iot", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    env.wait_for("iot", 10, "Ready", is_ready).await;
+    println!("caBundle fix → Ready in {:?}", started.elapsed());
+    assert_eq!(env.cert_refreshes().len(), 1);
+    assert_eq!(
+        status(&env.didcs().get("iot").await.unwrap())
+            .attempts
+            .len(),
+        1
+    );
+    env.shutdown().await;
+}

@@ -90,7 +90,8 @@ async fn wait_for_handshake_failures(sim: &CieSim, expected: usize) {
 
 /// A refused TLS handshake: the client knows nothing was processed.
 fn assert_handshake_refused(err: &CieError) {
-    assert_eq!(err.reason(), "ConnectFailed", "{err:?}");
+    assert_eq!(err.reason(), "HandshakeRefused", "{err:?}");
+    assert!(err.certainly_not_sent());
     assert!(!err.outcome_may_have_happened());
 }
 
@@ -178,8 +179,9 @@ async fn mutual_tls_is_required() {
     .refresh_token()
     .await
     .unwrap_err();
-    assert_eq!(err.reason(), "ConnectFailed", "{err:?}");
+    assert_eq!(err.reason(), "TlsVerificationFailed", "{err:?}");
     assert!(!err.outcome_may_have_happened());
+    assert!(err.certainly_not_sent() && err.needs_human());
     sim.shutdown().await;
 }
 

@@ -43,6 +43,14 @@ pub enum CieError {
     /// our certificate — or the connect timed out): the request was certainly not processed.
     #[error("could not connect: {0}")]
     Connect(String),
+    /// The endpoint's certificate failed our verification (a wrong or missing `caBundle`, a
+    /// proxy intercepting TLS): nothing was sent. Needs a person.
+    #[error("the endpoint's TLS certificate is not trusted: {0}")]
+    TlsVerification(String),
+    /// The server refused our client certificate during the handshake (evicted, expired, or
+    /// not this tenant's): nothing was processed. Needs a person.
+    #[error("the endpoint refused our client certificate in the TLS handshake: {0}")]
+    HandshakeRefused(String),
     /// The request may have been sent but no (complete) response came back, including timeouts:
     /// the refresh MAY have happened.
     #[error("transport error: {0}")]
@@ -66,6 +74,8 @@ impl CieError {
             CieError::Server { .. } => "ServerError",
             CieError::Unexpected { .. } => "UnexpectedStatus",
             CieError::Connect(_) => "ConnectFailed",
+            CieError::TlsVerification(_) => "TlsVerificationFailed",
+            CieError::HandshakeRefused(_) => "HandshakeRefused",
             CieError::Transport(_) => "TransportError",
             CieError::InvalidResponse(_) => "InvalidResponse",
             CieError::Config(_) => "InvalidConfig",
@@ -82,11 +92,27 @@ impl CieError {
         )
     }
 
+    /// Whether the request certainly never reached the vendor (no connection, or a TLS
+    /// handshake that failed): it is no attempt against the budget.
+    pub fn certainly_not_sent(&self) -> bool {
+        matches!(
+            self,
+            CieError::Connect(_)
+                | CieError::TlsVerification(_)
+                | CieError::HandshakeRefused(_)
+                | CieError::Config(_)
+        )
+    }
+
     /// Whether a person must act before calls can succeed (condition `Stalled`).
     pub fn needs_human(&self) -> bool {
         matches!(
             self,
-            CieError::Unauthorized { .. } | CieError::BadRequest { .. } | CieError::Config(_)
+            CieError::Unauthorized { .. }
+                | CieError::BadRequest { .. }
+                | CieError::Config(_)
+                | CieError::TlsVerification(_)
+                | CieError::HandshakeRefused(_)
         )
     }
 }

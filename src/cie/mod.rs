@@ -319,12 +319,45 @@ fn api_key_header(api_key: &str) -> Result<HeaderValue, CieError> {
 }
 
 fn transport_error(e: &reqwest::Error) -> CieError {
-    // Connect errors (including a connect timeout) happen before the request is written.
-    if e.is_connect() || handshake_refused(e) {
+    // Connect errors (including a connect timeout) happen before the request is written; TLS
+    // failures are told apart because a person must act on them.
+    if server_certificate_rejected(e) {
+        CieError::TlsVerification(error_chain(e))
+    } else if handshake_refused(e) {
+        CieError::HandshakeRefused(error_chain(e))
+    } else if e.is_connect() {
         CieError::Connect(error_chain(e))
     } else {
         CieError::Transport(error_chain(e))
     }
+}
+
+/// The rustls error in an error's chain, if any.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An io::Error's `source()` skips the error it wraps: look inside (io errors nest).
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(tls) = rustls_error(inner) {
+                return Some(tls);
+            }
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// Whether our verification of the server's certificate failed (untrusted issuer, wrong name,
+/// expired): the handshake stopped on our side, before any request.
+fn server_certificate_rejected(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(rustls_error(e), Some(rustls::Error::InvalidCertificate(_)))
 }
 
 /// Whether the server refused our certificate with a fatal TLS alert. With TLS 1.3 the client
@@ -332,32 +365,20 @@ fn transport_error(e: &reqwest::Error) -> CieError {
 /// surfaces as an error on the request rather than on connect — but nothing was processed.
 fn handshake_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as A;
-    let mut current = Some(e);
-    while let Some(err) = current {
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::AlertReceived(alert)) = tls
-            && matches!(
-                alert,
-                A::BadCertificate
-                    | A::UnsupportedCertificate
-                    | A::CertificateRevoked
-                    | A::CertificateExpired
-                    | A::CertificateUnknown
-                    | A::UnknownCA
-                    | A::AccessDenied
-                    | A::CertificateRequired
-                    | A::HandshakeFailure
-            )
-        {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::AlertReceived(
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::HandshakeFailure
+        ))
+    )
 }
 
 /// An error and its sources on one line: reqwest's top-level message alone ("error sending

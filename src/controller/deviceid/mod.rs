@@ -364,7 +364,8 @@ impl Run<'_> {
         self.write_pending(secrets, &pending_name, &key_pem, &csr, alg)
             .await?;
 
-        let previous = plan::record_cert_attempt(&mut self.status, self.now);
+        let attempted = self.now;
+        let previous = plan::record_cert_attempt(&mut self.status, attempted);
         plan::consume_renew_request(
             &mut self.status,
             reason,
@@ -437,6 +438,9 @@ impl Run<'_> {
                 }
             },
             Err(e) => {
+                if e.certainly_not_sent() {
+                    plan::uncount_attempt(&mut self.status.attempts, attempted);
+                }
                 let outcome = self.outcome_of(&e, onboarding, published, credential);
                 if matches!(outcome, Outcome::Unknown | Outcome::Rejected(_))
                     && reason == "RenewRequested"
@@ -468,12 +472,18 @@ impl Run<'_> {
         match e {
             CieError::RateLimited { retry_after, .. } => Outcome::RateLimited(*retry_after),
             CieError::Conflict { .. } => Outcome::Conflict,
-            CieError::Connect(_) | CieError::Config(_) => Outcome::NotSent,
+            CieError::Connect(_) => Outcome::NotSent,
             e if e.outcome_may_have_happened() => Outcome::Unknown,
             e => {
                 let obs = self.observation(onboarding, published);
                 let advice = match e {
                     CieError::Unauthorized { .. } => String::new(),
+                    CieError::TlsVerification(_) => {
+                        "; fix spec.caBundle (or the endpoint): it is used again as soon as the spec changes".into()
+                    }
+                    CieError::HandshakeRefused(_) => {
+                        "; the certificate used may have been evicted or not be this tenant's: check the onboarding and output Secrets, re-onboard in the Cloud Identity Engine console if needed".into()
+                    }
                     _ => "; fix the spec or the endpoint, or set the renew annotation to try again"
                         .into(),
                 };
@@ -504,7 +514,8 @@ impl Run<'_> {
             .lock_for(&spec.endpoint, &onboarding.info.fingerprint);
         let _guard = lock.lock().await;
         self.now = Timestamp::now();
-        let previous = plan::record_token_attempt(&mut self.status, self.now);
+        let attempted = self.now;
+        let previous = plan::record_token_attempt(&mut self.status, attempted);
         self.record_attempt().await?;
         let started = Instant::now();
         let result = client.refresh_token().await;
@@ -528,6 +539,9 @@ impl Run<'_> {
                 Outcome::Received
             }
             Err(e) => {
+                if e.certainly_not_sent() {
+                    plan::uncount_attempt(&mut self.status.token_attempts, attempted);
+                }
                 self.events.push((
                     EventType::Warning,
                     e.reason(),
@@ -757,6 +771,8 @@ fn stall_reason(reason: &str) -> &'static str {
         "Unauthorized",
         "BadRequest",
         "UnexpectedStatus",
+        "TlsVerificationFailed",
+        "HandshakeRefused",
     ];
     KNOWN
         .iter()

@@ -225,7 +225,11 @@ pub fn cert_next_allowed(status: &DeviceIdCredentialStatus, now: Timestamp) -> T
             at = at.max(t);
         }
     }
-    if let Some(t) = failure_pause_end(status) {
+    // A refusal is its own gate (nothing is sent until what it depends on changes): once a
+    // person has fixed that, the next attempt is not held back by the pause as well.
+    if status.rejected.is_none()
+        && let Some(t) = failure_pause_end(status)
+    {
         at = at.max(t);
     }
     at
@@ -603,6 +607,15 @@ fn jittered(now: Timestamp, until: Timestamp, jitter: f64) -> Timestamp {
         .max(now)
 }
 
+/// Takes back an attempt recorded at `at` whose request certainly never reached the vendor
+/// (no connection, a failed TLS handshake): it spent nothing of the budget.
+pub fn uncount_attempt(attempts: &mut Vec<String>, at: Timestamp) {
+    let at = at.to_string();
+    if let Some(i) = attempts.iter().rposition(|a| *a == at) {
+        attempts.remove(i);
+    }
+}
+
 /// The token counterparts of [`record_cert_attempt`] and [`after_cert_call`].
 pub fn record_token_attempt(
     status: &mut DeviceIdCredentialStatus,
@@ -690,6 +703,8 @@ pub fn static_reason(reason: &str) -> &'static str {
         "BadRequest",
         "InvalidConfig",
         "UnexpectedStatus",
+        "TlsVerificationFailed",
+        "HandshakeRefused",
     ];
     KNOWN
         .iter()
