@@ -261,7 +261,9 @@ fn device_id_credential() -> Value {
             "subject": {"commonName": "acme-iot", "country": "US"},
             "privateKey": {"algorithm": "RSA", "size": 3072},
             "secretName": "acme-iot-client",
-            "renewBefore": "240h"
+            "renewBefore": "240h",
+            "refreshToken": true,
+            "tokenRefreshInterval": "24h"
         }
     })
 }
@@ -539,6 +541,22 @@ async fn every_rule_accepts_a_valid_object_and_refuses_an_invalid_one_with_its_m
             "spec.privateKey#0",
             "/spec/privateKey",
             json!({"algorithm": "ECDSA", "size": 384}),
+            None,
+        ),
+        case(
+            DI,
+            "spec.tokenRefreshInterval#0",
+            "/spec/tokenRefreshInterval",
+            json!("1 day"),
+            Some(
+                "spec.tokenRefreshInterval: Invalid value: \"string\": tokenRefreshInterval must be a duration such as 24h",
+            ),
+        ),
+        case(
+            DI,
+            "spec.tokenRefreshInterval#0",
+            "/spec/tokenRefreshInterval",
+            json!("12h30m"),
             None,
         ),
         case(

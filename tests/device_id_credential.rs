@@ -741,7 +741,8 @@ async fn shared_onboarding_credentials_stall_the_newer_resource() {
 async fn token_refresh_keeps_the_api_key_fresh_only_in_the_output_secret() {
     let mut env = Env::new(CieSimConfig::default()).await;
     env.start_operator();
-    env.apply("acme", "  refreshToken: true\n").await;
+    env.apply("acme", "  refreshToken: true\n  tokenRefreshInterval: 1s\n")
+        .await;
     let d = env
         .wait_for("acme", 30, "token refreshed", |d| {
             status(d).token_expiry.is_some()
@@ -1068,5 +1069,32 @@ async fn a_wrong_ca_bundle_stalls_spends_nothing_and_a_fix_is_used_at_once() {
             .len(),
         1
     );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lost_token_answers_in_a_row_stop_token_refreshes() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "  refreshToken: true\n  tokenRefreshInterval: 5s\n")
+        .await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    // The next two answers (the token refreshes) are lost after the vendor carried them out.
+    env.sim.knobs().set_drop_next_response(2);
+    let d = env
+        .wait_for("acme", 30, "Stalled", |d| stalled(d).is_some())
+        .await;
+    assert_eq!(stalled(&d).as_deref(), Some("TokenOutcomeUnknown"));
+    let (_, _, message) = condition(&d, "Stalled").unwrap();
+    assert!(message.contains("acme-client"), "{message}");
+    assert!(is_ready(&d), "the certificate itself is valid");
+    env.assert_quiet(3).await;
+    let tokens = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.operation == Operation::TokenRefresh)
+        .count();
+    assert_eq!(tokens, 2, "no third call after two lost answers");
     env.shutdown().await;
 }

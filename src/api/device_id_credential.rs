@@ -86,6 +86,13 @@ pub struct DeviceIdCredentialSpec {
     /// Also keep the API token fresh with `token:refresh`.
     #[serde(default)]
     pub refresh_token: bool,
+    /// With `refreshToken`: how long a token whose expiry the vendor did not state (the
+    /// onboarding apiKey, or an expiry in a format not understood) is used before it is
+    /// refreshed (Go duration). Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("tokenRefreshInterval must be a duration such as 24h"))]
+    pub token_refresh_interval: Option<String>,
     /// HTTP method of `cert:refresh`: GET with a JSON body, as the vendor documents (default),
     /// or POST, for proxies that drop the body of a GET.
     #[serde(default)]
@@ -227,6 +234,10 @@ pub struct DeviceIdCredentialStatus {
     /// annotation change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejection>,
+    /// `token:refresh` is stopped until a person acts (two lost answers in a row), as
+    /// `rejected` is for `cert:refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rejected: Option<Rejection>,
 }
 
 /// A refusal by the vendor that needs a person.

@@ -555,7 +555,18 @@ impl Run<'_> {
                 }
             }
         };
+        let second_unknown = outcome == Outcome::Unknown && previous.is_some();
         plan::after_token_call(&mut self.status, &outcome, previous, after);
+        if second_unknown {
+            // The apiKey in use may be evicted now: no further token call until a person looks.
+            let rejection = plan::rejection(
+                &self.observation(onboarding, Some(creds)),
+                Credential::Published,
+                "TokenOutcomeUnknown",
+                plan::token_outcome_unknown_message(&spec.secret_name),
+            );
+            self.status.token_rejected = Some(rejection);
+        }
         self.write_status().await?;
         Ok(Ok(()))
     }

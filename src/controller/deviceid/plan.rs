@@ -126,6 +126,10 @@ pub fn key_algorithm(spec: &DeviceIdCredentialSpec) -> Result<KeyAlgorithm, Inva
 /// Everything in the spec that can be wrong without asking anyone.
 pub fn validate_spec(spec: &DeviceIdCredentialSpec) -> Result<(), Invalid> {
     key_algorithm(spec)?;
+    if let Some(i) = &spec.token_refresh_interval {
+        parse_duration(i)
+            .map_err(|e| Invalid::new("InvalidSpec", format!("spec.tokenRefreshInterval: {e}")))?;
+    }
     if let Some(rb) = &spec.renew_before {
         parse_duration(rb).map_err(|e| Invalid::new("InvalidRenewBefore", e.to_string()))?;
         if spec.renew_before_percentage.is_some() {
@@ -334,13 +338,16 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
     if let Some(r) = &status.rejected
         && rejection_applies(obs, r, credential)
     {
+        if let Some(token) = token_first(obs) {
+            return token;
+        }
         return Step::Wait {
             ready,
             reconciling: false,
             stalled: true,
             reason: static_reason(&r.reason),
             message: r.message.clone(),
-            recheck: None,
+            recheck: token_recheck(obs),
         };
     }
     if credential == Credential::Onboarding && !obs.onboarding_available {
@@ -372,6 +379,9 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
 
     if now < due_at {
         if let (true, Some(p)) = (status.unconfirmed_refresh.is_some(), valid) {
+            if let Some(token) = token_first(obs) {
+                return token;
+            }
             return Step::Wait {
                 ready,
                 reconciling: true,
@@ -383,7 +393,7 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
                     p.serial_number,
                     crate::api::RENEW_ANNOTATION,
                 ),
-                recheck: Some(due_at),
+                recheck: Some(token_recheck(obs).map_or(due_at, |t| t.min(due_at))),
             };
         }
         return token_step(obs).unwrap_or_else(|| Step::Wait {
@@ -395,11 +405,14 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
                 "certificate (serial {}) is valid; next refresh at {due_at}",
                 valid.map(|p| p.serial_number.as_str()).unwrap_or_default()
             ),
-            recheck: Some(due_at),
+            recheck: Some(token_recheck(obs).map_or(due_at, |t| t.min(due_at))),
         });
     }
 
     if now < next_allowed {
+        if let Some(token) = token_first(obs) {
+            return token;
+        }
         let (why, text) = match (
             parse_time(status.rate_limited_until.as_deref()),
             parse_time(status.conflict_until.as_deref()),
@@ -425,7 +438,7 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             stalled: false,
             reason: why,
             message: format!("{reason} refresh due: {text}; next call allowed at {next_allowed}"),
-            recheck: Some(next_allowed),
+            recheck: Some(token_recheck(obs).map_or(next_allowed, |t| t.min(next_allowed))),
         };
     }
     Step::RefreshCert { credential, reason }
@@ -438,7 +451,18 @@ fn rejection_applies(obs: &Observation<'_>, r: &Rejection, credential: Credentia
         && r.renew_request.as_deref() == obs.renew_annotation
 }
 
-/// `token:refresh` when asked for and due, with the published certificate; `None` otherwise.
+/// How long a token of unknown expiry is used before it is refreshed, unless the spec says.
+pub const DEFAULT_TOKEN_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// `token:refresh` when asked for and due, with the published certificate; `None` when not due.
+/// Planned on its own: a certificate refresh that waits (deferred, rate-limited, rejected) does not
+/// hold it back while the published certificate is valid.
+///
+/// The schedule: a third of the token's life before its expiry; after a lost answer, only in
+/// the last tenth (another call could evict the apiKey in use if its answer were lost too). A
+/// token whose expiry is unknown (the onboarding apiKey, or a format not understood) is refreshed
+/// `tokenRefreshInterval` (default 24h) after it was obtained — or after the lost answer. Two lost
+/// answers in a row stop token refreshes (`Stalled`) until a person acts.
 fn token_step(obs: &Observation<'_>) -> Option<Step> {
     let now = obs.now;
     let status = obs.status;
@@ -446,37 +470,19 @@ fn token_step(obs: &Observation<'_>) -> Option<Step> {
     if !obs.spec.refresh_token {
         return None;
     }
-    let expiry = status.token_expiry.as_deref().and_then(parse_token_expiry);
-    let obtained = parse_time(status.token_obtained_time.as_deref());
-    // Without a known expiry the token's life is unknown: one refresh tells us.
-    let due = match (expiry, obtained) {
-        (Some(exp), Some(got)) => {
-            let life = exp.duration_since(got).max(SignedDuration::ZERO);
-            if status.unconfirmed_token_refresh.is_some() {
-                minus(exp, life / UNCONFIRMED_LEAD_DIVISOR as i32)
-            } else {
-                minus(exp, life / 3)
-            }
-        }
-        (Some(exp), None) => exp,
-        (None, _)
-            if status.token_expiry.is_some() && status.unconfirmed_token_refresh.is_none() =>
-        {
-            // A format we cannot read: no schedule, but say so.
-            return Some(Step::Wait {
-                ready: true,
-                reconciling: false,
-                stalled: false,
-                reason: "Valid",
-                message: format!(
-                    "certificate (serial {}) is valid; the token expiry format is not understood, so the token is not refreshed",
-                    published.serial_number
-                ),
-                recheck: Some(renewal_time(obs.spec, published)),
-            });
-        }
-        (None, _) => now,
-    };
+    if let Some(r) = &status.token_rejected
+        && rejection_applies(obs, r, Credential::Published)
+    {
+        return Some(Step::Wait {
+            ready: true,
+            reconciling: false,
+            stalled: true,
+            reason: "TokenOutcomeUnknown",
+            message: r.message.clone(),
+            recheck: None,
+        });
+    }
+    let due = token_due(obs, published);
     if now < due {
         return None;
     }
@@ -492,6 +498,87 @@ fn token_step(obs: &Observation<'_>) -> Option<Step> {
         });
     }
     Some(Step::RefreshToken)
+}
+
+/// When the token is next due (see [`token_step`]), with `published` the valid certificate.
+fn token_due(obs: &Observation<'_>, published: &CertInfo) -> Timestamp {
+    let status = obs.status;
+    let expiry = status.token_expiry.as_deref().and_then(parse_token_expiry);
+    let obtained = parse_time(status.token_obtained_time.as_deref());
+    let unconfirmed = parse_time(status.unconfirmed_token_refresh.as_deref());
+    match (expiry, obtained) {
+        (Some(exp), Some(got)) => {
+            let life = exp.duration_since(got).max(SignedDuration::ZERO);
+            if unconfirmed.is_some() {
+                minus(exp, life / UNCONFIRMED_LEAD_DIVISOR as i32)
+            } else {
+                minus(exp, life / 3)
+            }
+        }
+        (Some(exp), None) => exp,
+        (None, _) => {
+            let interval = obs
+                .spec
+                .token_refresh_interval
+                .as_deref()
+                .and_then(|d| parse_duration(d).ok())
+                .unwrap_or(DEFAULT_TOKEN_REFRESH_INTERVAL);
+            let base = unconfirmed.or(obtained).unwrap_or(published.not_before);
+            base.checked_add(SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX))
+                .unwrap_or(Timestamp::MAX)
+        }
+    }
+}
+
+/// When to look again for the token's sake, if token refresh is on.
+fn token_recheck(obs: &Observation<'_>) -> Option<Timestamp> {
+    let published = obs.published.filter(|p| p.not_after > obs.now)?;
+    if !obs.spec.refresh_token
+        || published_refused(obs)
+        || obs
+            .status
+            .token_rejected
+            .as_ref()
+            .is_some_and(|r| rejection_applies(obs, r, Credential::Published))
+    {
+        return None;
+    }
+    // Due already: when the token's budget next allows a call (never a time in the past).
+    Some(
+        token_due(obs, published)
+            .max(token_next_allowed(obs.status, obs.now))
+            .max(obs.now + SignedDuration::from_secs(1)),
+    )
+}
+
+/// A token refresh to make before waiting on the certificate, if one is due and the credential
+/// it would use has not been refused.
+fn token_first(obs: &Observation<'_>) -> Option<Step> {
+    if published_refused(obs) {
+        return None;
+    }
+    match token_step(obs) {
+        Some(Step::RefreshToken) => Some(Step::RefreshToken),
+        _ => None,
+    }
+}
+
+/// Whether the vendor refused the published credential itself (401, or our certificate refused
+/// in the handshake): a token call with it would be refused too. Other refusals concern the
+/// certificate request only.
+fn published_refused(obs: &Observation<'_>) -> bool {
+    obs.status.rejected.as_ref().is_some_and(|r| {
+        matches!(r.reason.as_str(), "Unauthorized" | "HandshakeRefused")
+            && rejection_applies(obs, r, Credential::Published)
+    })
+}
+
+/// The message of the stall after two `token:refresh` answers in a row were lost.
+pub fn token_outcome_unknown_message(secret: &str) -> String {
+    format!(
+        "two token:refresh answers in a row were lost: the vendor may have issued two tokens certrotor never received, which evicts the apiKey in Secret {secret}. Check that it still works (a call with it gets no 401); if it does not, re-onboard in the Cloud Identity Engine console and update the onboarding Secret. Set {} to let certrotor refresh the token again",
+        crate::api::RENEW_ANNOTATION
+    )
 }
 
 /// How a call ended, as far as the bookkeeping cares.
@@ -559,6 +646,11 @@ pub fn after_cert_call(
     };
     match outcome {
         Outcome::Received => {
+            // The apiKey published with the first certificate (the onboarding one) has no
+            // known age: its clock, for the token schedule, starts when certrotor publishes it.
+            if status.token_obtained_time.is_none() {
+                status.token_obtained_time = Some(now.to_string());
+            }
             status.unconfirmed_refresh = None;
             status.consecutive_conflicts = None;
             status.conflict_until = None;
@@ -641,6 +733,7 @@ pub fn after_token_call(
     match outcome {
         Outcome::Received => {
             status.unconfirmed_token_refresh = None;
+            status.token_rejected = None;
             status.token_wait_until = None;
             status.token_obtained_time = Some(now.to_string());
         }

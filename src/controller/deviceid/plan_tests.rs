@@ -22,6 +22,7 @@ fn spec() -> DeviceIdCredentialSpec {
         renew_before: None,
         renew_before_percentage: None,
         refresh_token: false,
+        token_refresh_interval: None,
         refresh_method: Default::default(),
     }
 }
@@ -303,8 +304,17 @@ fn token_refresh_when_enabled_and_due() {
     let mut c = Case::new(DAY).published(0, 30 * DAY);
     assert_eq!(reason(&c.plan().step), "Valid");
     c.spec.refresh_token = true;
-    // Unknown expiry: one refresh tells us.
+    // Unknown expiry (the onboarding apiKey): refreshed tokenRefreshInterval (24h) after the
+    // certificate it came with was published; neither at once nor never.
+    c.now = DAY - 1;
+    assert_eq!(reason(&c.plan().step), "Valid");
+    c.now = DAY;
     assert_eq!(c.plan().step, Step::RefreshToken);
+    c.spec.token_refresh_interval = Some("2h".into());
+    c.now = 2 * H;
+    assert_eq!(c.plan().step, Step::RefreshToken);
+    c.spec.token_refresh_interval = None;
+    c.now = DAY;
     c.status.token_expiry = Some(at(DAY + 3 * H).to_string());
     c.status.token_obtained_time = Some(at(DAY).to_string());
     assert_eq!(reason(&c.plan().step), "Valid");
@@ -824,4 +834,110 @@ fn a_missing_onboarding_secret_stops_only_what_needs_it() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_token_of_unknown_expiry_is_not_retried_at_once_after_a_lost_answer() {
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec.refresh_token = true;
+    // An expiry in a format not understood: the same policy as none at all.
+    c.status.token_expiry = Some("next tuesday".into());
+    c.status.token_obtained_time = Some(at(0).to_string());
+    assert_eq!(
+        c.plan().step,
+        Step::RefreshToken,
+        "24h after it was obtained"
+    );
+    let prev = record_token_attempt(&mut c.status, at(DAY));
+    after_token_call(&mut c.status, &Outcome::Unknown, prev, at(DAY));
+    c.now = DAY + 60;
+    assert_eq!(reason(&c.plan().step), "Valid", "not again at once");
+    c.now = 2 * DAY;
+    assert_eq!(
+        c.plan().step,
+        Step::RefreshToken,
+        "an interval after the lost answer"
+    );
+}
+
+#[test]
+fn a_token_refresh_is_not_starved_by_a_certificate_refresh_that_waits() {
+    // The certificate is due (day 20 of 30) but the budget is spent: the token, due too, goes.
+    let mut c = Case::new(20 * DAY + H).published(0, 30 * DAY);
+    c.spec.refresh_token = true;
+    c.status.token_obtained_time = Some(at(0).to_string());
+    c.status.token_expiry = Some(at(21 * DAY).to_string());
+    c.status.attempts = (0..3).map(|i| at(20 * DAY + H - i).to_string()).collect();
+    let before = c.plan();
+    assert_eq!(
+        before.step,
+        Step::RefreshToken,
+        "budget-limited certificate"
+    );
+    // Deferred after a lost cert:refresh answer: the token still goes.
+    c.status.attempts.clear();
+    c.status.unconfirmed_refresh = Some(at(19 * DAY).to_string());
+    assert_eq!(c.plan().step, Step::RefreshToken, "deferred certificate");
+    c.status.unconfirmed_refresh = None;
+    // Refused (a 400 that a person must fix): the token still goes.
+    let obs_rejection = |c: &Case, reason: &str| {
+        let obs = Observation {
+            spec: &c.spec,
+            status: &c.status,
+            generation: Some(1),
+            renew_annotation: c.annotation,
+            onboarding: &c.onboarding,
+            onboarding_available: true,
+            published: c.published.as_ref(),
+            now: at(c.now),
+        };
+        rejection(&obs, Credential::Published, reason, "refused".into())
+    };
+    c.status.rejected = Some(obs_rejection(&c, "BadRequest"));
+    assert_eq!(c.plan().step, Step::RefreshToken, "refused certificate");
+    // But not with a credential the vendor refused (401): that call would fail the same way.
+    c.status.rejected = Some(obs_rejection(&c, "Unauthorized"));
+    assert!(matches!(c.plan().step, Step::Wait { stalled: true, .. }));
+}
+
+#[test]
+fn two_lost_token_answers_in_a_row_stop_token_refreshes_until_a_person_acts() {
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec.refresh_token = true;
+    c.status.token_obtained_time = Some(at(0).to_string());
+    c.status.token_expiry = Some(at(2 * DAY).to_string());
+    let obs = Observation {
+        spec: &c.spec,
+        status: &c.status,
+        generation: Some(1),
+        renew_annotation: None,
+        onboarding: &c.onboarding,
+        onboarding_available: true,
+        published: c.published.as_ref(),
+        now: at(c.now),
+    };
+    let stop = rejection(
+        &obs,
+        Credential::Published,
+        "TokenOutcomeUnknown",
+        token_outcome_unknown_message("acme-iot-client"),
+    );
+    c.status.token_rejected = Some(stop);
+    c.now = 2 * DAY - H;
+    match c.plan().step {
+        Step::Wait {
+            stalled: true,
+            reason: "TokenOutcomeUnknown",
+            message,
+            ready,
+            ..
+        } => {
+            assert!(ready, "the certificate is still valid");
+            assert!(message.contains("acme-iot-client"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A person sets the renew annotation: token refreshes may go on.
+    c.annotation = Some("checked");
+    assert_ne!(reason(&c.plan().step), "TokenOutcomeUnknown");
 }
