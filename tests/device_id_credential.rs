@@ -1098,3 +1098,47 @@ async fn two_lost_token_answers_in_a_row_stop_token_refreshes() {
     assert_eq!(tokens, 2, "no third call after two lost answers");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_401_a_console_reonboarding_is_used_at_the_next_attempt() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "").await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    // A person re-onboards in the console: every credential valid before is now refused.
+    let fresh = env.sim.reonboard().unwrap();
+    env.annotate("acme", api::RENEW_ANNOTATION, "after-reonboarding")
+        .await;
+    let d = env
+        .wait_for("acme", 30, "401", |d| stalled(d).is_some())
+        .await;
+    assert_eq!(stalled(&d).as_deref(), Some("Unauthorized"));
+    assert!(
+        !is_ready(&d),
+        "Ready=False while the credential in use is refused"
+    );
+    let (_, _, message) = condition(&d, api::STALLED).unwrap();
+    assert!(message.contains("re-onboard"), "{message}");
+    // The new bundle goes into the onboarding Secret: the next attempt uses it.
+    env.put_secret(
+        "onboarding",
+        &fresh.cert_pem,
+        &fresh.key_pem,
+        &fresh.api_key,
+    )
+    .await;
+    let d = env
+        .wait_for("acme", 30, "Ready again", |d| {
+            is_ready(d) && stalled(d).is_none()
+        })
+        .await;
+    let (crt, _, api_key) = env.output("acme-client").await.unwrap();
+    assert!(env.sim.is_valid(&crt), "a certificate the vendor holds");
+    assert_eq!(
+        api_key, fresh.api_key,
+        "the output Secret gets the new apiKey"
+    );
+    assert_eq!(status(&d).rejected, None);
+    assert_eq!(env.cert_refreshes().len(), 3);
+    env.shutdown().await;
+}

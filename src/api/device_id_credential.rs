@@ -255,4 +255,8 @@ pub struct Rejection {
     /// The renew annotation value at the time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_request: Option<String>,
+    /// Fingerprint of the onboarding certificate at the time: a new one (a console
+    /// re-onboarding) is used at the next allowed attempt after a 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding: Option<String>,
 }

@@ -476,8 +476,10 @@ impl Run<'_> {
             e if e.outcome_may_have_happened() => Outcome::Unknown,
             e => {
                 let obs = self.observation(onboarding, published);
-                let advice = match e {
-                    CieError::Unauthorized { .. } => String::new(),
+                let advice: String = match e {
+                    CieError::Unauthorized { .. } => {
+                        "; if the certificate was evicted, re-onboard in the Cloud Identity Engine console and put the new bundle in the onboarding Secret: certrotor uses it at the next allowed attempt".into()
+                    }
                     CieError::TlsVerification(_) => {
                         "; fix spec.caBundle (or the endpoint): it is used again as soon as the spec changes".into()
                     }

@@ -284,7 +284,22 @@ pub fn rejection(
         generation: obs.generation,
         credential: credential_fingerprint(obs, credential),
         renew_request: obs.renew_annotation.map(str::to_string),
+        onboarding: Some(obs.onboarding.fingerprint.clone()),
     }
+}
+
+/// The vendor refused the published certificate (401, or in the handshake) and the onboarding
+/// Secret now holds another certificate than then: a person re-onboarded in the console, as the
+/// vendor advises. The next allowed attempt uses it.
+fn reonboarded(obs: &Observation<'_>, published: &CertInfo) -> bool {
+    obs.onboarding_available
+        && obs.status.rejected.as_ref().is_some_and(|r| {
+            matches!(r.reason.as_str(), "Unauthorized" | "HandshakeRefused")
+                && r.credential == published.fingerprint
+                && r.onboarding
+                    .as_deref()
+                    .is_some_and(|o| o != obs.onboarding.fingerprint)
+        })
 }
 
 /// The fingerprint of the certificate a call with `credential` authenticates with.
@@ -320,6 +335,7 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
     let (reason, credential, due_at) = match (obs.published, valid) {
         (None, _) => ("Initial", Credential::Onboarding, now),
         (Some(_), None) => ("Expired", Credential::Onboarding, now),
+        (Some(_), Some(p)) if reonboarded(obs, p) => ("Reonboarded", Credential::Onboarding, now),
         (Some(_), Some(p)) => {
             let deferred = status.unconfirmed_refresh.is_some();
             let due = if deferred {
@@ -342,7 +358,8 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             return token;
         }
         return Step::Wait {
-            ready,
+            // Not Ready while the credential in use is the one refused.
+            ready: ready && !published_refused(obs),
             reconciling: false,
             stalled: true,
             reason: static_reason(&r.reason),

@@ -316,6 +316,39 @@ impl CieSim {
         self.onboarding.clone()
     }
 
+    /// What a person re-onboarding in the console gets: a new onboarding certificate, key and
+    /// apiKey. Every certificate and token valid before is invalidated (their calls get 401).
+    pub fn reonboard(&self) -> anyhow::Result<Onboarding> {
+        let now = whole_second(self.shared.clock.now());
+        let validity = self.shared.config.cert_validity;
+        let (cert_pem, key_pem) =
+            self.shared
+                .client_ca
+                .issue(ONBOARDING_CERT_NAME, now - BACKDATE, now + validity)?;
+        let api_key = new_token()?;
+        let mut tenant = Tenant::default();
+        {
+            let old = lock(&self.shared.tenant);
+            tenant.cert_attempts = old.cert_attempts.clone();
+            tenant.token_attempts = old.token_attempts.clone();
+        }
+        tenant.add_cert(ValidCert {
+            name: ONBOARDING_CERT_NAME.into(),
+            der: leaf_der(&cert_pem).context("onboarding certificate")?,
+            not_after: now + validity,
+        });
+        tenant.add_token(Token {
+            value: api_key.clone(),
+            expires: now + self.shared.config.token_validity,
+        });
+        *lock(&self.shared.tenant) = tenant;
+        Ok(Onboarding {
+            cert_pem,
+            key_pem,
+            api_key,
+        })
+    }
+
     pub fn clock(&self) -> &SimClock {
         &self.shared.clock
     }
