@@ -20,7 +20,7 @@ use certrotor::sim::kube::StandIn;
 const NS: &str = "default";
 
 struct Env {
-    _standin: StandIn,
+    standin: StandIn,
     client: Client,
     sim: CieSim,
     stop: Option<oneshot::Sender<()>>,
@@ -48,7 +48,7 @@ impl Env {
             .await
             .unwrap();
         let env = Env {
-            _standin: standin,
+            standin,
             client,
             sim,
             stop: None,
@@ -1140,5 +1140,53 @@ async fn after_a_401_a_console_reonboarding_is_used_at_the_next_attempt() {
     );
     assert_eq!(status(&d).rejected, None);
     assert_eq!(env.cert_refreshes().len(), 3);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_certificate_is_kept_and_published_when_the_secret_can_be_written_again() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "").await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    let (first, _, _) = env.output("acme-client").await.unwrap();
+    // An admission webhook starts refusing writes to the output Secret; then a renewal.
+    env.standin
+        .deny_writes("secrets", "acme-client", "secrets must carry team labels");
+    env.annotate("acme", api::RENEW_ANNOTATION, "r1").await;
+    let d = env
+        .wait_for("acme", 30, "PublishFailed", |d| {
+            reason(d) == "PublishFailed"
+        })
+        .await;
+    let kept = status(&d).received_certificate.expect("kept in status");
+    assert!(env.sim.is_valid(&kept), "the certificate the vendor issued");
+    assert!(
+        is_ready(&d),
+        "the first certificate is still published and valid"
+    );
+    let (_, _, message) = condition(&d, api::READY).unwrap();
+    assert!(message.contains("team labels"), "{message}");
+    env.assert_quiet(3).await;
+    assert_eq!(env.cert_refreshes().len(), 2, "no further vendor call");
+    // The webhook lets it through again: published from status, with no vendor call.
+    env.standin.allow_writes("secrets", "acme-client");
+    let d = env
+        .wait_for("acme", 60, "published", |d| {
+            status(d).received_certificate.is_none() && reason(d) != "PublishFailed"
+        })
+        .await;
+    let (crt, _, _) = env.output("acme-client").await.unwrap();
+    assert_ne!(crt, first);
+    assert_eq!(
+        certrotor::pki::fingerprint_of_leaf(&crt).unwrap(),
+        certrotor::pki::fingerprint_of_leaf(&kept).unwrap()
+    );
+    assert!(is_ready(&d));
+    assert_eq!(
+        env.cert_refreshes().len(),
+        2,
+        "published with no vendor call"
+    );
     env.shutdown().await;
 }

@@ -234,6 +234,14 @@ pub struct DeviceIdCredentialStatus {
     /// annotation change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejection>,
+    /// A certificate received from `cert:refresh` (public, PEM) that could not be written to the
+    /// output Secret yet: recorded the moment it arrives, published from here (with the key in
+    /// `<secretName>-pending`) with no further vendor call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_certificate: Option<String>,
+    /// Failed attempts to publish `receivedCertificate`, for the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_failures: Option<i32>,
     /// `token:refresh` is stopped until a person acts (two lost answers in a row), as
     /// `rejected` is for `cert:refresh`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -99,6 +99,8 @@ pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Resul
         refreshed: false,
         output_valid: false,
         onboarding_available: true,
+        publish_error: None,
+        just_published: false,
     };
     let action = run.reconcile().await?;
     run.finish().await?;
@@ -128,6 +130,10 @@ struct Run<'a> {
     output_valid: bool,
     /// The onboarding Secret was read (else a stand-in is used; see `reconcile`).
     onboarding_available: bool,
+    /// Why the received certificate could not be published in this reconcile.
+    publish_error: Option<String>,
+    /// A certificate received earlier was published at the start of this reconcile.
+    just_published: bool,
 }
 
 impl Run<'_> {
@@ -200,6 +206,18 @@ impl Run<'_> {
                 what.reason(),
                 format!("{older} already uses {}", what.describe()),
             )));
+        }
+        if let Some(action) = self
+            .publish_received(&secrets, &onboarding, output.as_ref())
+            .await?
+        {
+            return Ok(action);
+        }
+        if std::mem::take(&mut self.just_published) {
+            output = inputs::read_output(secrets.get_opt(&spec.secret_name).await?.as_ref());
+            self.output_valid = output
+                .as_ref()
+                .is_some_and(|o| inputs::is_valid(&o.info, self.now));
         }
         for step in 0..MAX_STEPS {
             if step > 0 {
@@ -276,6 +294,9 @@ impl Run<'_> {
                         .await?
                     {
                         return Ok(self.stall(invalid));
+                    }
+                    if self.publish_error.is_some() {
+                        return Ok(self.publish_wait());
                     }
                 }
                 Step::RefreshToken => {
@@ -392,15 +413,17 @@ impl Run<'_> {
             {
                 Ok(chain) => {
                     let issued = &chain[0];
-                    self.write_output(secrets, &refresh.cert, &key_pem, &creds.api_key)
-                        .await?;
-                    match secrets
-                        .delete(&pending_name, &DeleteParams::default())
+                    // Nothing received is thrown away: the certificate (public) is recorded
+                    // before the output Secret is written, so a failing write loses nothing.
+                    self.status.received_certificate = Some(refresh.cert.clone());
+                    self.write_status().await?;
+                    if let Err(e) = self
+                        .write_output(secrets, &refresh.cert, &key_pem, &creds.api_key)
                         .await
                     {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(status)) if status.code == 404 => {}
-                        Err(e) => return Err(e.into()),
+                        self.publish_failed(&e);
+                    } else {
+                        self.published_received(secrets, &pending_name).await?;
                     }
                     plan::describe_published(&mut self.status, spec, Some(issued));
                     let deleted = refresh.deleted_cert_name.clone();
@@ -460,6 +483,102 @@ impl Run<'_> {
         plan::after_cert_call(&mut self.status, &outcome, previous, after, fastrand::f64());
         self.write_status().await?;
         Ok(Ok(()))
+    }
+
+    /// The received certificate is in the output Secret: forget it, and the pending key.
+    async fn published_received(
+        &mut self,
+        secrets: &Api<Secret>,
+        pending_name: &str,
+    ) -> Result<(), Error> {
+        self.status.received_certificate = None;
+        self.status.publish_failures = None;
+        self.publish_error = None;
+        match secrets.delete(pending_name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn publish_failed(&mut self, e: &Error) {
+        let n = self.status.publish_failures.unwrap_or(0).saturating_add(1);
+        self.status.publish_failures = Some(n);
+        let message = format!(
+            "the certificate received from cert:refresh could not be written to Secret {} ({e}); it is kept in status.receivedCertificate and written again with backoff, with no further vendor call",
+            self.obj.spec.secret_name
+        );
+        self.events
+            .push((EventType::Warning, "PublishFailed", message.clone()));
+        self.publish_error = Some(message);
+    }
+
+    /// A certificate received earlier but not yet in the output Secret: published now, from
+    /// status and the pending key, with no vendor call. `Some(action)` ends the reconcile (it is
+    /// still not published).
+    async fn publish_received(
+        &mut self,
+        secrets: &Api<Secret>,
+        onboarding: &Credentials,
+        output: Option<&Credentials>,
+    ) -> Result<Option<Action>, Error> {
+        let Some(cert) = self.status.received_certificate.clone() else {
+            return Ok(None);
+        };
+        let pending_name = pending_secret_name(self.obj);
+        let key = secrets
+            .get_opt(&pending_name)
+            .await?
+            .as_ref()
+            .and_then(|s| inputs::secret_data(s).get(inputs::TLS_KEY).cloned());
+        let usable = match (&key, pki::parse_chain(&cert)) {
+            (Some(key), Ok(chain)) => {
+                pki::check_key_matches(&cert, key).is_ok() && inputs::is_valid(&chain[0], self.now)
+            }
+            _ => false,
+        };
+        if !usable {
+            // Expired meanwhile, or its key is gone: nothing left to publish.
+            self.status.received_certificate = None;
+            self.status.publish_failures = None;
+            return Ok(None);
+        }
+        let key = key.unwrap_or_default();
+        let api_key = output.map_or(&onboarding.api_key, |o| &o.api_key).clone();
+        match self.write_output(secrets, &cert, &key, &api_key).await {
+            Ok(()) => {
+                self.published_received(secrets, &pending_name).await?;
+                self.just_published = true;
+                self.events.push((
+                    EventType::Normal,
+                    "Published",
+                    format!(
+                        "the certificate received earlier is now in Secret {}",
+                        self.obj.spec.secret_name
+                    ),
+                ));
+                Ok(None)
+            }
+            Err(e) => {
+                self.publish_failed(&e);
+                Ok(Some(self.publish_wait()))
+            }
+        }
+    }
+
+    /// Reports a failed publication and waits: 5 s doubling per failure, up to 5 minutes.
+    fn publish_wait(&mut self) -> Action {
+        let n = self.status.publish_failures.unwrap_or(1).clamp(1, 30) as u32;
+        let wait = Duration::from_secs(5)
+            .saturating_mul(1 << (n - 1).min(6))
+            .min(Duration::from_secs(300));
+        let message = self.publish_error.clone().unwrap_or_default();
+        self.conclude(Verdict::progressing(
+            self.output_valid,
+            "PublishFailed",
+            message,
+        ));
+        Action::requeue(wait)
     }
 
     fn outcome_of(

@@ -235,6 +235,7 @@ impl StandIn {
             stop,
             bookmark_interval: options.bookmark_interval,
             status_write_delay: options.status_write_delay,
+            denied_writes: Mutex::new(Default::default()),
         });
         let router = axum::Router::new()
             .fallback(server::handle)
@@ -271,6 +272,27 @@ impl StandIn {
     }
 
     /// `http://127.0.0.1:PORT`.
+    /// Writes to `plural/name` (e.g. `secrets/acme-client`) are refused from now on, as an
+    /// admission webhook would refuse them, with `message`.
+    pub fn deny_writes(&self, plural: &str, name: &str, message: &str) {
+        self.inner
+            .app
+            .denied_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{plural}/{name}"), message.to_string());
+    }
+
+    /// Undoes [`Self::deny_writes`].
+    pub fn allow_writes(&self, plural: &str, name: &str) {
+        self.inner
+            .app
+            .denied_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{plural}/{name}"));
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.inner.addr)
     }

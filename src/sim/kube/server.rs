@@ -34,6 +34,29 @@ pub struct App {
     pub stop: tokio::sync::watch::Sender<bool>,
     pub bookmark_interval: Duration,
     pub status_write_delay: Duration,
+    /// `plural/name` → the message an admission webhook denies writes to it with.
+    pub denied_writes: Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl App {
+    /// A write to `name` refused as an admission webhook (or a quota) would refuse it.
+    fn admission(&self, req: &Request, name: &str) -> Result<(), ApiError> {
+        let key = format!("{}/{name}", req.target.plural);
+        let denied = self
+            .denied_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        match denied {
+            Some(message) => Err(ApiError::forbidden(
+                &req.info,
+                name,
+                &format!("admission webhook \"policy.example.com\" denied the request: {message}"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a request's path names.
@@ -441,6 +464,9 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
 
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     let body = req.body_value()?;
+    if let Some(name) = body.pointer("/metadata/name").and_then(|n| n.as_str()) {
+        app.admission(req, name)?;
+    }
     let obj = app
         .state
         .write()
@@ -451,6 +477,7 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
 
 async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
     let body = req.body_value()?;
+    app.admission(req, req.name())?;
     let obj = app.state.write().await.update(
         &req.info,
         req.ns(),
@@ -494,6 +521,7 @@ async fn patch(app: &App, req: &Request) -> Result<Response, ApiError> {
             "the patch body does not have the shape its content type requires",
         ));
     }
+    app.admission(req, req.name())?;
     if req.is_status() && !app.status_write_delay.is_zero() {
         tokio::time::sleep(app.status_write_delay).await;
     }
