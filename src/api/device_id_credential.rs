@@ -201,6 +201,15 @@ pub struct DeviceIdCredentialStatus {
     /// certificate we never got, so a further refresh could evict the published one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfirmed_refresh: Option<String>,
+    /// Set when a second `cert:refresh` in a row got no answer: the vendor may have issued two
+    /// certificates we never received, which evicts the published one. Not Ready until a
+    /// certificate is received again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_may_be_evicted: Option<String>,
+    /// Set when a second `token:refresh` in a row got no answer: the apiKey in the output
+    /// Secret may have been evicted. Not Ready until a token is received again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_may_be_evicted: Option<String>,
     /// The same for `token:refresh`: a token we never received may exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfirmed_token_refresh: Option<String>,

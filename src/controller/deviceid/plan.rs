@@ -329,13 +329,22 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
     let status = obs.status;
     let renew = pending_renew(obs);
     let valid = obs.published.filter(|p| p.not_after > now);
-    let ready = valid.is_some();
+    // Never Ready while the published certificate, or its apiKey, may have been evicted.
+    let ready = valid.is_some()
+        && status.published_may_be_evicted.is_none()
+        && status.api_key_may_be_evicted.is_none()
+        && !token_stalled(obs);
 
     // What is due, with which credential, and until when nothing is.
     let (reason, credential, due_at) = match (obs.published, valid) {
         (None, _) => ("Initial", Credential::Onboarding, now),
         (Some(_), None) => ("Expired", Credential::Onboarding, now),
         (Some(_), Some(p)) if reonboarded(obs, p) => ("Reonboarded", Credential::Onboarding, now),
+        // Two lost answers: try the published certificate as soon as the budget allows; a
+        // success gives a certificate again, a 401 says a person must re-onboard.
+        (Some(_), Some(_)) if status.published_may_be_evicted.is_some() => {
+            ("MaybeEvicted", Credential::Published, now)
+        }
         (Some(_), Some(p)) => {
             let deferred = status.unconfirmed_refresh.is_some();
             let due = if deferred {
@@ -491,7 +500,8 @@ fn token_step(obs: &Observation<'_>) -> Option<Step> {
         && rejection_applies(obs, r, Credential::Published)
     {
         return Some(Step::Wait {
-            ready: true,
+            // The apiKey in the output Secret may have been evicted.
+            ready: false,
             reconciling: false,
             stalled: true,
             reason: "TokenOutcomeUnknown",
@@ -506,7 +516,8 @@ fn token_step(obs: &Observation<'_>) -> Option<Step> {
     let allowed = token_next_allowed(status, now);
     if now < allowed {
         return Some(Step::Wait {
-            ready: true,
+            ready: status.api_key_may_be_evicted.is_none()
+                && status.published_may_be_evicted.is_none(),
             reconciling: true,
             stalled: false,
             reason: "TokenRateLimited",
@@ -578,6 +589,16 @@ fn token_first(obs: &Observation<'_>) -> Option<Step> {
         Some(Step::RefreshToken) => Some(Step::RefreshToken),
         _ => None,
     }
+}
+
+/// Token refreshes are stopped after two lost answers: the apiKey in use may be evicted.
+fn token_stalled(obs: &Observation<'_>) -> bool {
+    obs.spec.refresh_token
+        && obs
+            .status
+            .token_rejected
+            .as_ref()
+            .is_some_and(|r| rejection_applies(obs, r, Credential::Published))
 }
 
 /// Whether the vendor refused the published credential itself (401, or our certificate refused
@@ -663,6 +684,7 @@ pub fn after_cert_call(
     };
     match outcome {
         Outcome::Received => {
+            status.published_may_be_evicted = None;
             // The apiKey published with the first certificate (the onboarding one) has no
             // known age: its clock, for the token schedule, starts when certrotor publishes it.
             if status.token_obtained_time.is_none() {
@@ -701,6 +723,10 @@ pub fn after_cert_call(
             status.last_failure_time = Some(now.to_string());
         }
         Outcome::Unknown => {
+            if previous_unconfirmed.is_some() {
+                // Two certificates we never received may exist: the published one may be gone.
+                status.published_may_be_evicted = Some(now.to_string());
+            }
             status.last_failure_time = Some(now.to_string());
         }
     }
@@ -751,6 +777,7 @@ pub fn after_token_call(
         Outcome::Received => {
             status.unconfirmed_token_refresh = None;
             status.token_rejected = None;
+            status.api_key_may_be_evicted = None;
             status.token_wait_until = None;
             status.token_obtained_time = Some(now.to_string());
         }
@@ -768,7 +795,11 @@ pub fn after_token_call(
             // Tokens are a convenience next to the certificate: try again after a pause.
             status.token_wait_until = Some(budget::after_rate_limited(now).to_string());
         }
-        Outcome::Unknown => {}
+        Outcome::Unknown => {
+            if previous_unconfirmed.is_some() {
+                status.api_key_may_be_evicted = Some(now.to_string());
+            }
+        }
     }
 }
 
