@@ -1193,3 +1193,95 @@ async fn a_received_certificate_is_kept_and_published_when_the_secret_can_be_wri
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_output_secret_is_restored_from_certrotors_copy() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "").await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    let (crt, key, api_key) = env.output("acme-client").await.unwrap();
+    // Deleted (a person, "delete it to reissue"): put back, no vendor call.
+    env.secrets()
+        .delete("acme-client", &Default::default())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if env.output("acme-client").await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        env.output("acme-client").await,
+        Some((crt.clone(), key.clone(), api_key.clone()))
+    );
+    // Edited (a restore from an old backup): put back too.
+    env.put_secret("acme-client", &crt, &key, "an-old-api-key")
+        .await;
+    for _ in 0..100 {
+        if env.output("acme-client").await.map(|o| o.2) == Some(api_key.clone()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.output("acme-client").await.unwrap().2, api_key);
+    env.assert_quiet(2).await;
+    assert_eq!(
+        env.cert_refreshes().len(),
+        1,
+        "restored with no vendor call"
+    );
+    let events = env.events("acme").await;
+    assert!(events.iter().any(|(_, r, _)| r == "Restored"), "{events:?}");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_onboarding_certificate_is_never_used_again() {
+    let mut env = Env::new(CieSimConfig::default()).await;
+    env.start_operator();
+    env.apply("acme", "").await;
+    env.wait_for("acme", 30, "Ready", is_ready).await;
+    // A second refresh: the vendor evicts the onboarding certificate (two-certificate window).
+    env.annotate("acme", api::RENEW_ANNOTATION, "r1").await;
+    let d = env
+        .wait_for("acme", 30, "renewed", |d| {
+            status(d).last_renew_request.as_deref() == Some("r1") && is_ready(d)
+        })
+        .await;
+    assert!(status(&d).onboarding_evicted.is_some(), "{:?}", status(&d));
+    // Everything of ours is lost (output Secret and copy): no fallback to the evicted onboarding.
+    env.secrets()
+        .delete("acme-client-held", &Default::default())
+        .await
+        .unwrap();
+    env.secrets()
+        .delete("acme-client", &Default::default())
+        .await
+        .unwrap();
+    let d = env
+        .wait_for("acme", 30, "Stalled", |d| stalled(d).is_some())
+        .await;
+    assert_eq!(stalled(&d).as_deref(), Some("OnboardingEvicted"));
+    env.assert_quiet(2).await;
+    assert_eq!(
+        env.cert_refreshes().len(),
+        2,
+        "no call with the evicted certificate"
+    );
+    // A console re-onboarding gives a new bundle: used at once.
+    let fresh = env.sim.reonboard().unwrap();
+    env.put_secret(
+        "onboarding",
+        &fresh.cert_pem,
+        &fresh.key_pem,
+        &fresh.api_key,
+    )
+    .await;
+    env.wait_for("acme", 30, "Ready again", is_ready).await;
+    let (crt, _, api_key) = env.output("acme-client").await.unwrap();
+    assert!(env.sim.is_valid(&crt));
+    assert_eq!(api_key, fresh.api_key);
+    env.shutdown().await;
+}

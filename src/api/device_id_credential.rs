@@ -206,6 +206,11 @@ pub struct DeviceIdCredentialStatus {
     /// certificate is received again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_may_be_evicted: Option<String>,
+    /// Fingerprint of the onboarding certificate once the vendor evicted it (named in a
+    /// refresh's `deletedCertName`): it is never authenticated with again; a new onboarding
+    /// bundle is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding_evicted: Option<String>,
     /// Set when a second `token:refresh` in a row got no answer: the apiKey in the output
     /// Secret may have been evicted. Not Ready until a token is received again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -77,6 +77,10 @@ pub fn pending_secret_name(d: &DeviceIdCredential) -> String {
     format!("{}{}", d.spec.secret_name, plan::PENDING_SUFFIX)
 }
 
+pub fn held_secret_name(d: &DeviceIdCredential) -> String {
+    format!("{}{}", d.spec.secret_name, plan::HELD_SUFFIX)
+}
+
 pub async fn reconcile(obj: Arc<DeviceIdCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<DeviceIdCredential> = Api::namespaced(ctx.client.clone(), &ns);
@@ -157,6 +161,14 @@ impl Run<'_> {
             return Ok(self.stall(invalid));
         }
         let mut output = inputs::read_output(output_secret.as_ref());
+        // The output Secret deleted or edited (a person, a restore from backup, "delete it to
+        // reissue"): put back the credential in use from certrotor's copy, with no vendor call.
+        if let Some(restored) = self
+            .restore_output(&secrets, output.as_ref(), output_secret.as_ref())
+            .await?
+        {
+            output = Some(restored);
+        }
         self.output_valid = output
             .as_ref()
             .is_some_and(|o| inputs::is_valid(&o.info, self.now));
@@ -427,6 +439,11 @@ impl Run<'_> {
                     }
                     plan::describe_published(&mut self.status, spec, Some(issued));
                     let deleted = refresh.deleted_cert_name.clone();
+                    // The two-certificate window: the first certificate the vendor evicts after
+                    // onboarding is the onboarding one.
+                    if !deleted.is_empty() && self.status.onboarding_evicted.is_none() {
+                        self.status.onboarding_evicted = Some(onboarding.info.fingerprint.clone());
+                    }
                     self.status.deleted_cert_name = Some(deleted.clone());
                     self.status.cert_name = Some(spec.cert_name.clone());
                     if reason == "RenewRequested" {
@@ -483,6 +500,49 @@ impl Run<'_> {
         plan::after_cert_call(&mut self.status, &outcome, previous, after, fastrand::f64());
         self.write_status().await?;
         Ok(Ok(()))
+    }
+
+    /// The credential in use, from certrotor's copy, when the output Secret no longer holds it
+    /// (deleted, or edited so that it holds something else). Only a copy of the certificate
+    /// status says is published, and still valid, is put back.
+    async fn restore_output(
+        &mut self,
+        secrets: &Api<Secret>,
+        output: Option<&Credentials>,
+        output_secret: Option<&Secret>,
+    ) -> Result<Option<Credentials>, Error> {
+        let Some(published) = self.status.published_fingerprint.clone() else {
+            return Ok(None);
+        };
+        let held = secrets.get_opt(&held_secret_name(self.obj)).await?;
+        let Some(copy) = inputs::read_output(held.as_ref()) else {
+            return Ok(None);
+        };
+        if copy.info.fingerprint != published || !inputs::is_valid(&copy.info, self.now) {
+            return Ok(None);
+        }
+        let intact = output.is_some_and(|o| {
+            o.info.fingerprint == copy.info.fingerprint && o.api_key == copy.api_key
+        });
+        if intact {
+            return Ok(None);
+        }
+        let what = if output_secret.is_some() {
+            "was changed"
+        } else {
+            "was deleted"
+        };
+        self.write_output_only(secrets, &copy.cert_pem, &copy.key_pem, &copy.api_key)
+            .await?;
+        self.events.push((
+            EventType::Normal,
+            "Restored",
+            format!(
+                "Secret {} {what}; restored the credential in use (serial {}) from certrotor's copy, with no vendor call",
+                self.obj.spec.secret_name, copy.info.serial_number
+            ),
+        ));
+        Ok(Some(copy))
     }
 
     /// The received certificate is in the output Secret: forget it, and the pending key.
@@ -750,8 +810,38 @@ impl Run<'_> {
     }
 
     /// The output Secret, with no ownerReference: deleting the resource must not cut off the
-    /// Device-ID sender that mounts it.
+    /// Device-ID sender that mounts it. certrotor's own copy (`<secretName>-held`, owned by the
+    /// resource) is written first: the output can always be restored from it.
     async fn write_output(
+        &self,
+        secrets: &Api<Secret>,
+        cert_pem: &str,
+        key_pem: &str,
+        api_key: &str,
+    ) -> Result<(), Error> {
+        let held = held_secret_name(self.obj);
+        let copy = Secret {
+            metadata: self.managed_meta(&held, true),
+            type_: Some("Opaque".into()),
+            data: Some(bytes([
+                (inputs::TLS_CRT, cert_pem.to_string()),
+                (inputs::TLS_KEY, key_pem.to_string()),
+                (inputs::API_KEY, api_key.to_string()),
+            ])),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                &held,
+                &PatchParams::apply(api::MANAGER).force(),
+                &Patch::Apply(&copy),
+            )
+            .await?;
+        self.write_output_only(secrets, cert_pem, key_pem, api_key)
+            .await
+    }
+
+    async fn write_output_only(
         &self,
         secrets: &Api<Secret>,
         cert_pem: &str,
@@ -899,6 +989,7 @@ fn stall_reason(reason: &str) -> &'static str {
         "SharedOnboardingCredentials",
         "SharedCertName",
         "SharedOutputSecret",
+        "OnboardingEvicted",
         "OnboardingExpired",
         "Unauthorized",
         "BadRequest",

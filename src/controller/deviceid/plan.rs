@@ -178,6 +178,9 @@ pub fn validate_spec(spec: &DeviceIdCredentialSpec) -> Result<(), Invalid> {
 
 /// The Secret that holds the key and CSR of a refresh in flight is `<secretName>` plus this.
 pub const PENDING_SUFFIX: &str = "-pending";
+/// certrotor's own copy of the credential in use (owner-referenced, not for mounting): the
+/// output Secret is restored from it with no vendor call. No longer than `PENDING_SUFFIX`.
+pub const HELD_SUFFIX: &str = "-held";
 /// A Secret name is a DNS subdomain: at most 253 characters.
 pub const MAX_SECRET_NAME: usize = 253;
 
@@ -374,6 +377,21 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             reason: static_reason(&r.reason),
             message: r.message.clone(),
             recheck: token_recheck(obs),
+        };
+    }
+    if credential == Credential::Onboarding
+        && status.onboarding_evicted.as_deref() == Some(obs.onboarding.fingerprint.as_str())
+    {
+        return Step::Wait {
+            ready: false,
+            reconciling: false,
+            stalled: true,
+            reason: "OnboardingEvicted",
+            message: format!(
+                "no valid certificate of ours is published (the output Secret {} and certrotor's copy are gone or expired), and the vendor has evicted the onboarding certificate: calling with it would only get a 401. Re-onboard in the Cloud Identity Engine console and put the new bundle in the onboarding Secret {}",
+                obs.spec.secret_name, obs.spec.onboarding_secret_ref.name
+            ),
+            recheck: None,
         };
     }
     if credential == Credential::Onboarding && !obs.onboarding_available {
