@@ -204,12 +204,27 @@ pub fn renewal_time(spec: &DeviceIdCredentialSpec, cert: &CertInfo) -> Timestamp
         (Some(rb), _) => parse_duration(rb)
             .ok()
             .and_then(|d| SignedDuration::try_from(d).ok())
-            .filter(|d| *d < life)
+            .map(|d| d.min(renew_before_ceiling(life)))
             .unwrap_or(third),
         (None, Some(p)) => life * p.clamp(1, 99) / 100,
         (None, None) => third,
     };
     minus(cert.not_after, before)
+}
+
+/// The longest `renewBefore` used: two thirds of the certificate's lifetime. Longer would refresh
+/// soon after each issue, spending the budget and evicting certificates for nothing.
+fn renew_before_ceiling(life: SignedDuration) -> SignedDuration {
+    life * 2 / 3
+}
+
+/// Whether `spec.renewBefore` is longer than the ceiling for this certificate (for status).
+pub fn renew_before_capped(spec: &DeviceIdCredentialSpec, cert: &CertInfo) -> bool {
+    spec.renew_before
+        .as_deref()
+        .and_then(|rb| parse_duration(rb).ok())
+        .and_then(|d| SignedDuration::try_from(d).ok())
+        .is_some_and(|d| d > renew_before_ceiling(lifetime(cert)))
 }
 
 /// When a refresh deferred because of an unconfirmed one goes ahead anyway.
@@ -446,8 +461,13 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
             stalled: false,
             reason: "Valid",
             message: format!(
-                "certificate (serial {}) is valid; next refresh at {due_at}",
-                valid.map(|p| p.serial_number.as_str()).unwrap_or_default()
+                "certificate (serial {}) is valid; next refresh at {due_at}{}",
+                valid.map(|p| p.serial_number.as_str()).unwrap_or_default(),
+                if valid.is_some_and(|p| renew_before_capped(obs.spec, p)) {
+                    " (renewBefore is longer than two thirds of the certificate's lifetime and is capped there)"
+                } else {
+                    ""
+                }
             ),
             recheck: Some(token_recheck(obs).map_or(due_at, |t| t.min(due_at))),
         });

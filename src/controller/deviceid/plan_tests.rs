@@ -123,19 +123,40 @@ fn first_refresh_uses_onboarding_then_the_published_certificate() {
 #[test]
 fn renewal_time_from_renew_before_or_percentage() {
     let c = cert("c", 0, 30 * DAY);
-    let table: [(Option<&str>, Option<i32>, i64); 5] = [
+    let table: [(Option<&str>, Option<i32>, i64); 7] = [
         (None, None, 20 * DAY),
         (Some("240h"), None, 20 * DAY),
         (Some("24h"), None, 29 * DAY),
         (None, Some(50), 15 * DAY),
-        // As long as the lifetime: the default third instead of refreshing on every slot.
-        (Some("720h"), None, 20 * DAY),
+        // The ceiling: two thirds of the lifetime (20 days of 30), not a refresh on every slot.
+        (Some("480h"), None, 10 * DAY),
+        (Some("600h"), None, 10 * DAY),
+        (Some("720h"), None, 10 * DAY),
     ];
     for (rb, pct, want) in table {
         let mut s = spec();
         s.renew_before = rb.map(str::to_string);
         s.renew_before_percentage = pct;
         assert_eq!(renewal_time(&s, &c), at(want), "{rb:?} {pct:?}");
+    }
+}
+
+#[test]
+fn renew_before_has_a_ceiling_with_a_clear_message() {
+    let mut s = spec();
+    // Above the ceiling: capped, and the condition says so.
+    s.renew_before = Some("600h".into());
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec = s;
+    match c.plan().step {
+        Step::Wait {
+            reason: "Valid",
+            message,
+            ..
+        } => {
+            assert!(message.contains("capped"), "{message}")
+        }
+        other => panic!("{other:?}"),
     }
 }
 
