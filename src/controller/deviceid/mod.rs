@@ -870,7 +870,7 @@ impl Run<'_> {
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
-        // Ready says whether a valid certificate is in the output Secret, stalled or not.
+        // Ready=False whatever is published: a person must act (see `conclude`).
         self.conclude(Verdict::stalled(
             self.output_valid,
             invalid.reason,
@@ -880,7 +880,12 @@ impl Run<'_> {
         Action::requeue(Duration::from_secs(600))
     }
 
-    fn conclude(&mut self, verdict: Verdict) {
+    fn conclude(&mut self, mut verdict: Verdict) {
+        // The kstatus contract: a state that needs a person is Stalled with Ready=False, even
+        // while a valid certificate is still published (the message says so).
+        if verdict.stalled {
+            verdict.ready = false;
+        }
         let previous_reason =
             api::condition(&self.status.conditions, api::READY).map(|c| c.reason.clone());
         let changed = previous_reason.as_deref() != Some(verdict.reason.as_str());
