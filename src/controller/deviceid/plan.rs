@@ -209,7 +209,27 @@ pub fn renewal_time(spec: &DeviceIdCredentialSpec, cert: &CertInfo) -> Timestamp
         (None, Some(p)) => life * p.clamp(1, 99) / 100,
         (None, None) => third,
     };
-    minus(cert.not_after, before)
+    minus(cert.not_after, before.max(renew_before_floor(life)))
+}
+
+/// The shortest lead used: an hour, since the vendor allows one `cert:refresh` an hour and a
+/// shorter lead leaves no room for a retry before expiry — for certificates that live at least
+/// three hours (shorter ones keep what was asked).
+fn renew_before_floor(life: SignedDuration) -> SignedDuration {
+    if life >= SignedDuration::from_hours(3) {
+        SignedDuration::from_hours(1)
+    } else {
+        SignedDuration::ZERO
+    }
+}
+
+/// Whether `spec.renewBefore` is shorter than the floor for this certificate (for status).
+pub fn renew_before_floored(spec: &DeviceIdCredentialSpec, cert: &CertInfo) -> bool {
+    spec.renew_before
+        .as_deref()
+        .and_then(|rb| parse_duration(rb).ok())
+        .and_then(|d| SignedDuration::try_from(d).ok())
+        .is_some_and(|d| d < renew_before_floor(lifetime(cert)))
 }
 
 /// The longest `renewBefore` used: two thirds of the certificate's lifetime. Longer would refresh
@@ -465,6 +485,8 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
                 valid.map(|p| p.serial_number.as_str()).unwrap_or_default(),
                 if valid.is_some_and(|p| renew_before_capped(obs.spec, p)) {
                     " (renewBefore is longer than two thirds of the certificate's lifetime and is capped there)"
+                } else if valid.is_some_and(|p| renew_before_floored(obs.spec, p)) {
+                    " (renewBefore is shorter than the 1h floor and is raised to it: the vendor allows one refresh an hour)"
                 } else {
                     ""
                 }

@@ -142,7 +142,27 @@ fn renewal_time_from_renew_before_or_percentage() {
 }
 
 #[test]
-fn renew_before_has_a_ceiling_with_a_clear_message() {
+fn renew_before_has_a_floor_and_a_ceiling_with_clear_messages() {
+    // Below the floor: raised to an hour before expiry, and the condition says so.
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    c.spec.renew_before = Some("30m".into());
+    assert_eq!(
+        renewal_time(&c.spec, c.published.as_ref().unwrap()),
+        at(30 * DAY - H)
+    );
+    match c.plan().step {
+        Step::Wait {
+            reason: "Valid",
+            message,
+            ..
+        } => {
+            assert!(message.contains("1h floor"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A certificate shorter than three hours keeps what was asked.
+    let short = cert("short", 0, 2 * H);
+    assert_eq!(renewal_time(&c.spec, &short), at(2 * H - 1800));
     let mut s = spec();
     // Above the ceiling: capped, and the condition says so.
     s.renew_before = Some("600h".into());
