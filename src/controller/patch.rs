@@ -2,7 +2,37 @@
 //! are not sent, removed fields are sent as `null` (a plain merge patch of the new status would
 //! leave removed fields behind), and nothing is written when nothing changed.
 
-use serde_json::{Map, Value};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Map, Value, json};
+
+/// Writes the difference between `old` and `new` (statuses as JSON) to the status subresource
+/// of `name`, as a merge patch. With `precondition`, the write carries that resourceVersion
+/// and is refused with a 409 if the object changed since (it is then made even with no
+/// difference, to check that). The written object, or `None` when nothing was written.
+pub async fn patch_status_diff<K>(
+    api: &Api<K>,
+    name: &str,
+    old: &Value,
+    new: &Value,
+    precondition: Option<&str>,
+) -> Result<Option<K>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let diff = merge_patch_diff(old, new);
+    let patch = match (diff, precondition) {
+        (None, None) => return Ok(None),
+        (diff, Some(rv)) => json!({
+            "metadata": {"resourceVersion": rv},
+            "status": diff.unwrap_or_else(|| json!({})),
+        }),
+        (Some(diff), None) => json!({ "status": diff }),
+    };
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(Some)
+}
 
 /// The RFC 7386 merge patch that turns `old` into `new`; `None` when they are equal.
 pub fn merge_patch_diff(old: &Value, new: &Value) -> Option<Value> {

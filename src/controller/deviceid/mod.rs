@@ -25,7 +25,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 
-use super::patch::merge_patch_diff;
+use super::patch::patch_status_diff;
 use super::{Context, Error};
 use crate::api::{self, DeviceIdCredential, DeviceIdCredentialStatus, Verdict};
 use crate::cie::{CieClient, CieError};
@@ -820,38 +820,25 @@ impl Run<'_> {
         api_key: &str,
     ) -> Result<(), Error> {
         let held = held_secret_name(self.obj);
-        let copy = Secret {
-            metadata: self.managed_meta(&held, true),
-            type_: Some("Opaque".into()),
-            data: Some(bytes([
-                (inputs::TLS_CRT, cert_pem.to_string()),
-                (inputs::TLS_KEY, key_pem.to_string()),
-                (inputs::API_KEY, api_key.to_string()),
-            ])),
-            ..Default::default()
-        };
-        secrets
-            .patch(
-                &held,
-                &PatchParams::apply(api::MANAGER).force(),
-                &Patch::Apply(&copy),
-            )
+        self.apply_credential(secrets, &held, true, "Opaque", [cert_pem, key_pem, api_key])
             .await?;
         self.write_output_only(secrets, cert_pem, key_pem, api_key)
             .await
     }
 
-    async fn write_output_only(
+    /// A Secret holding a credential (`tls.crt`, `tls.key`, `apiKey`), written by server-side
+    /// apply.
+    async fn apply_credential(
         &self,
         secrets: &Api<Secret>,
-        cert_pem: &str,
-        key_pem: &str,
-        api_key: &str,
+        name: &str,
+        owned: bool,
+        type_: &str,
+        [cert_pem, key_pem, api_key]: [&str; 3],
     ) -> Result<(), Error> {
-        let name = &self.obj.spec.secret_name;
         let secret = Secret {
-            metadata: self.managed_meta(name, false),
-            type_: Some("kubernetes.io/tls".into()),
+            metadata: self.managed_meta(name, owned),
+            type_: Some(type_.into()),
             data: Some(bytes([
                 (inputs::TLS_CRT, cert_pem.to_string()),
                 (inputs::TLS_KEY, key_pem.to_string()),
@@ -867,6 +854,24 @@ impl Run<'_> {
             )
             .await?;
         Ok(())
+    }
+
+    async fn write_output_only(
+        &self,
+        secrets: &Api<Secret>,
+        cert_pem: &str,
+        key_pem: &str,
+        api_key: &str,
+    ) -> Result<(), Error> {
+        let name = &self.obj.spec.secret_name;
+        self.apply_credential(
+            secrets,
+            name,
+            false,
+            "kubernetes.io/tls",
+            [cert_pem, key_pem, api_key],
+        )
+        .await
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
@@ -924,22 +929,14 @@ impl Run<'_> {
     async fn write(&mut self, conditional: bool) -> Result<(), Error> {
         let old = serde_json::to_value(&self.written)?;
         let new = serde_json::to_value(&self.status)?;
-        if let Some(diff) = merge_patch_diff(&old, &new) {
-            let api: Api<DeviceIdCredential> = Api::namespaced(self.ctx.client.clone(), self.ns);
-            let patch = match (conditional, &self.resource_version) {
-                (true, Some(rv)) => serde_json::json!({
-                    "metadata": {"resourceVersion": rv},
-                    "status": diff,
-                }),
-                _ => serde_json::json!({ "status": diff }),
-            };
-            let written = api
-                .patch_status(
-                    &self.obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
+        if old == new {
+            return Ok(());
+        }
+        let api: Api<DeviceIdCredential> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let precondition = self.resource_version.as_deref().filter(|_| conditional);
+        if let Some(written) =
+            patch_status_diff(&api, &self.obj.name_any(), &old, &new, precondition).await?
+        {
             self.written = self.status.clone();
             self.resource_version = written.metadata.resource_version;
         }

@@ -17,7 +17,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
-use super::patch::merge_patch_diff;
+use super::patch::patch_status_diff;
 use super::{Context, Error};
 use crate::aic::{AicClient, AicError, Certificate, CsrRequest};
 use crate::api::{
@@ -794,20 +794,13 @@ impl Run<'_> {
     async fn write_status_if_unchanged(&mut self) -> Result<(), Error> {
         let old = serde_json::to_value(&self.written)?;
         let new = serde_json::to_value(&self.status)?;
-        let diff = merge_patch_diff(&old, &new).unwrap_or_else(|| serde_json::json!({}));
         let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": self.resource_version},
-            "status": diff,
-        });
-        let written = api
-            .patch_status(
-                &self.obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        self.resource_version = written.metadata.resource_version;
+        let rv = self.resource_version.clone();
+        if let Some(written) =
+            patch_status_diff(&api, &self.obj.name_any(), &old, &new, rv.as_deref()).await?
+        {
+            self.resource_version = written.metadata.resource_version;
+        }
         self.written = self.status.clone();
         Ok(())
     }
@@ -1220,15 +1213,11 @@ impl Run<'_> {
     async fn write_status(&mut self) -> Result<(), Error> {
         let old = serde_json::to_value(&self.written)?;
         let new = serde_json::to_value(&self.status)?;
-        if let Some(diff) = merge_patch_diff(&old, &new) {
-            let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
-            let patch = serde_json::json!({ "status": diff });
-            api.patch_status(
-                &self.obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        let api: Api<TenantCertificate> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        if patch_status_diff(&api, &self.obj.name_any(), &old, &new, None)
+            .await?
+            .is_some()
+        {
             self.written = self.status.clone();
             self.resource_version = None;
         }
