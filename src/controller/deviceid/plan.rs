@@ -378,10 +378,33 @@ fn cert_step(obs: &Observation<'_>, next_allowed: Timestamp, renewal: Option<Tim
         (None, _) => ("Initial", Credential::Onboarding, now),
         (Some(_), None) => ("Expired", Credential::Onboarding, now),
         (Some(_), Some(p)) if reonboarded(obs, p) => ("Reonboarded", Credential::Onboarding, now),
-        // Two lost answers: try the published certificate as soon as the budget allows; a
-        // success gives a certificate again, a 401 says a person must re-onboard.
-        (Some(_), Some(_)) if status.published_may_be_evicted.is_some() => {
-            ("MaybeEvicted", Credential::Published, now)
+        // Two lost answers in a row: stop until a person looks (a third lost answer would
+        // evict the published certificate for sure). A renew request is that look: refresh
+        // with the published certificate (a success gives a certificate again, a 401 asks for
+        // a re-onboarding).
+        (Some(_), Some(p)) if status.published_may_be_evicted.is_some() => {
+            if renew.is_none() {
+                if let Some(token) = token_first(obs) {
+                    return token;
+                }
+                return Step::Wait {
+                    ready: false,
+                    reconciling: false,
+                    stalled: true,
+                    reason: "RefreshOutcomeUnknown",
+                    message: format!(
+                        "two cert:refresh answers in a row were lost (the last at {}): the vendor may hold two certificates certrotor never received, which evicts the published one (serial {}). Check whether it still works (a call with it gets no 401); set {} to refresh with it, or re-onboard in the Cloud Identity Engine console and update the onboarding Secret",
+                        status
+                            .published_may_be_evicted
+                            .as_deref()
+                            .unwrap_or_default(),
+                        p.serial_number,
+                        crate::api::RENEW_ANNOTATION
+                    ),
+                    recheck: None,
+                };
+            }
+            ("RenewRequested", Credential::Published, now)
         }
         (Some(_), Some(p)) => {
             let deferred = status.unconfirmed_refresh.is_some();

@@ -1413,3 +1413,45 @@ mod model_tokens {
         }
     }
 }
+
+#[test]
+fn two_lost_certificate_answers_in_a_row_stop_until_a_person_asks() {
+    let mut c = Case::new(DAY).published(0, 30 * DAY);
+    let prev = record_cert_attempt(&mut c.status, at(DAY));
+    after_cert_call(&mut c.status, &Outcome::Unknown, prev, at(DAY), 0.5);
+    assert_eq!(
+        c.status.published_may_be_evicted, None,
+        "one lost answer: still safe"
+    );
+    let prev = record_cert_attempt(&mut c.status, at(2 * DAY));
+    after_cert_call(&mut c.status, &Outcome::Unknown, prev, at(2 * DAY), 0.5);
+    assert!(c.status.published_may_be_evicted.is_some());
+    c.now = 3 * DAY;
+    match c.plan().step {
+        Step::Wait {
+            ready,
+            stalled,
+            reason,
+            message,
+            ..
+        } => {
+            assert!(!ready && stalled, "not Ready, Stalled");
+            assert_eq!(reason, "RefreshOutcomeUnknown");
+            assert!(message.contains("renew"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A person asks: one refresh with the published certificate.
+    c.annotation = Some("checked");
+    assert_eq!(
+        c.plan().step,
+        Step::RefreshCert {
+            credential: Credential::Published,
+            reason: "RenewRequested"
+        }
+    );
+    // A certificate received again ends it.
+    let prev = record_cert_attempt(&mut c.status, at(3 * DAY));
+    after_cert_call(&mut c.status, &Outcome::Received, prev, at(3 * DAY), 0.5);
+    assert_eq!(c.status.published_may_be_evicted, None);
+}
