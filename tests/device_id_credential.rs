@@ -226,6 +226,15 @@ spec:
             .collect()
     }
 
+    /// `token:refresh` calls that reached the vendor.
+    fn token_refreshes(&self) -> usize {
+        self.sim
+            .calls()
+            .iter()
+            .filter(|c| c.operation == Operation::TokenRefresh)
+            .count()
+    }
+
     async fn events(&self, name: &str) -> Vec<(String, String, String)> {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), NS);
@@ -770,12 +779,7 @@ async fn token_refresh_keeps_the_api_key_fresh_only_in_the_output_secret() {
     )
     .unwrap();
     client.refresh_token().await.unwrap();
-    let tokens = env
-        .sim
-        .calls()
-        .iter()
-        .filter(|c| c.operation == Operation::TokenRefresh)
-        .count();
+    let tokens = env.token_refreshes();
     assert_eq!(tokens, 2, "the operator's one, and ours");
     env.shutdown().await;
 }
@@ -1092,12 +1096,7 @@ async fn two_lost_token_answers_in_a_row_stop_token_refreshes() {
         "not Ready: the apiKey in the output Secret may have been evicted"
     );
     env.assert_quiet(3).await;
-    let tokens = env
-        .sim
-        .calls()
-        .iter()
-        .filter(|c| c.operation == Operation::TokenRefresh)
-        .count();
+    let tokens = env.token_refreshes();
     assert_eq!(tokens, 2, "no third call after two lost answers");
     env.shutdown().await;
 }

@@ -208,17 +208,7 @@ async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_annotation_rotates_once_per_value() {
     let env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
-        .await;
-    let first = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+    let first = env.ready_local("login", &["login.example.com"], "").await;
     let patch = serde_json::json!({"metadata": {"annotations": {"certrotor.io/renew": "1"}}});
     env.tcerts()
         .patch("login", &PatchParams::default(), &Patch::Merge(&patch))
@@ -1127,17 +1117,7 @@ async fn a_csr_already_gone_does_not_hold_the_finalizer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_list_never_makes_a_certificate_vanish() {
     let env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["lag.example.com"], 90);
-    env.put_tls("lag-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("lag", "lag-tls", ""), &env))
-        .await;
-    let id = env
-        .wait_ready("lag")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+    let id = env.ready_local("lag", &["lag.example.com"], "").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     env.aic.knobs().set_lists_lag_next(5);
     let calls_before = env.aic.calls().len();
@@ -1252,17 +1232,7 @@ async fn a_certificate_that_never_goes_live_stalls_and_a_newer_secret_supersedes
     let mut options = fast_options();
     options.poll.live_timeout = Duration::from_secs(2);
     env.start_operator_with(options);
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
-        .await;
-    let first = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+    let first = env.ready_local("login", &["login.example.com"], "").await;
 
     // The tenant stops making certificates live.
     env.aic.knobs().set_live_delay(Duration::from_secs(3600));
@@ -1470,9 +1440,15 @@ async fn deletion_without_credentials_or_token_is_released_after_the_timeout() {
     options.cleanup_timeout = Duration::from_secs(2);
     env.start_operator_with(options);
     env.delete("login").await;
+    // (The restarted operator may first stall the resource for its missing credentials as
+    // such; the deletion's own stall says it cannot clean up.)
     let t = env
         .wait_for("login", 10, "waiting for credentials", |t| {
             stalled_reason(t).as_deref() == Some("CredentialsNotFound")
+                && t.status.as_ref().is_some_and(|s| {
+                    certrotor::api::condition(&s.conditions, "Stalled")
+                        .is_some_and(|c| c.message.contains("cannot clean up"))
+                })
         })
         .await;
     let status = t.status.unwrap();
@@ -1540,17 +1516,7 @@ async fn a_failing_step_backs_off_even_while_lists_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_the_same_mutation_twice_in_one_reconcile() {
     let env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(&local_yaml("login", "login-tls", ""), &env))
-        .await;
-    let first = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+    let first = env.ready_local("login", &["login.example.com"], "").await;
     // From now on the tenant answers each PATCH with the certificate as it was before.
     env.aic.knobs().set_stale_patch_answers_next(u32::MAX);
     let (chain2, key2) = env.issue(&["login.example.com"], 90);

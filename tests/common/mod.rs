@@ -203,6 +203,21 @@ impl Env {
         }
     }
 
+    /// A Local certificate for `names`, in Secret `<name>-tls`, applied as `name` with `extra`
+    /// spec lines, and waited for until Ready: its certificate id.
+    pub async fn ready_local(&self, name: &str, names: &[&str], extra: &str) -> String {
+        let (chain, key) = self.issue(names, 90);
+        let secret = format!("{name}-tls");
+        self.put_tls(&secret, &chain, &key).await;
+        self.apply(&with_url(&local_yaml(name, &secret, extra), self))
+            .await;
+        self.wait_ready(name)
+            .await
+            .status
+            .and_then(|s| s.certificate_id)
+            .expect("Ready with a certificate id")
+    }
+
     pub async fn wait_ready(&self, name: &str) -> TenantCertificate {
         self.wait_for(name, 60, "Ready=True", is_ready).await
     }
