@@ -206,6 +206,10 @@ pub struct DeviceIdCredentialStatus {
     /// certificate is received again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_may_be_evicted: Option<String>,
+    /// The output Secret's resourceVersion after certrotor last wrote it: another means someone
+    /// else changed it, and certrotor's copy is compared (read only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_resource_version: Option<String>,
     /// Fingerprint of the onboarding certificate once the vendor evicted it (named in a
     /// refresh's `deletedCertName`): it is never authenticated with again; a new onboarding
     /// bundle is.

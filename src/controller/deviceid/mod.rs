@@ -514,6 +514,14 @@ impl Run<'_> {
         let Some(published) = self.status.published_fingerprint.clone() else {
             return Ok(None);
         };
+        // As certrotor left it: nothing to compare (and no read of the copy).
+        let untouched = output_secret.is_some_and(|s| {
+            s.metadata.resource_version.is_some()
+                && s.metadata.resource_version == self.status.output_resource_version
+        });
+        if untouched {
+            return Ok(None);
+        }
         let held = secrets.get_opt(&held_secret_name(self.obj)).await?;
         let Some(copy) = inputs::read_output(held.as_ref()) else {
             return Ok(None);
@@ -525,6 +533,9 @@ impl Run<'_> {
             o.info.fingerprint == copy.info.fingerprint && o.api_key == copy.api_key
         });
         if intact {
+            // Changed in a way that does not matter (labels, annotations): remember it as is.
+            self.status.output_resource_version =
+                output_secret.and_then(|s| s.metadata.resource_version.clone());
             return Ok(None);
         }
         let what = if output_secret.is_some() {
@@ -813,7 +824,7 @@ impl Run<'_> {
     /// Device-ID sender that mounts it. certrotor's own copy (`<secretName>-held`, owned by the
     /// resource) is written first: the output can always be restored from it.
     async fn write_output(
-        &self,
+        &mut self,
         secrets: &Api<Secret>,
         cert_pem: &str,
         key_pem: &str,
@@ -821,7 +832,8 @@ impl Run<'_> {
     ) -> Result<(), Error> {
         let held = held_secret_name(self.obj);
         self.apply_credential(secrets, &held, true, "Opaque", [cert_pem, key_pem, api_key])
-            .await?;
+            .await
+            .map(drop)?;
         self.write_output_only(secrets, cert_pem, key_pem, api_key)
             .await
     }
@@ -835,7 +847,7 @@ impl Run<'_> {
         owned: bool,
         type_: &str,
         [cert_pem, key_pem, api_key]: [&str; 3],
-    ) -> Result<(), Error> {
+    ) -> Result<Option<String>, Error> {
         let secret = Secret {
             metadata: self.managed_meta(name, owned),
             type_: Some(type_.into()),
@@ -846,32 +858,34 @@ impl Run<'_> {
             ])),
             ..Default::default()
         };
-        secrets
+        let written = secrets
             .patch(
                 name,
                 &PatchParams::apply(api::MANAGER).force(),
                 &Patch::Apply(&secret),
             )
             .await?;
-        Ok(())
+        Ok(written.metadata.resource_version)
     }
 
     async fn write_output_only(
-        &self,
+        &mut self,
         secrets: &Api<Secret>,
         cert_pem: &str,
         key_pem: &str,
         api_key: &str,
     ) -> Result<(), Error> {
         let name = &self.obj.spec.secret_name;
-        self.apply_credential(
-            secrets,
-            name,
-            false,
-            "kubernetes.io/tls",
-            [cert_pem, key_pem, api_key],
-        )
-        .await
+        self.status.output_resource_version = self
+            .apply_credential(
+                secrets,
+                name,
+                false,
+                "kubernetes.io/tls",
+                [cert_pem, key_pem, api_key],
+            )
+            .await?;
+        Ok(())
     }
 
     fn stall(&mut self, invalid: Invalid) -> Action {
