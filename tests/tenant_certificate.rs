@@ -131,33 +131,20 @@ async fn tenant_csr_flow_becomes_ready_once_the_chain_appears() {
             .count(),
         1
     );
-    assert_eq!(
-        calls
-            .iter()
-            .filter(|c| c.starts_with("PATCH /environment/csrs"))
-            .count(),
-        1
-    );
+    assert_eq!(env.chain_uploads(), 1);
     env.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_never_leaves_the_domain_without_a_live_certificate() {
     let env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(
-        &local_yaml("login", "login-tls", "  revisionHistoryLimit: 0\n"),
-        &env,
-    ))
-    .await;
     let first = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+        .ready_local(
+            "login",
+            &["login.example.com"],
+            "  revisionHistoryLimit: 0\n",
+        )
+        .await;
 
     // Watch the tenant while cert-manager "renews" the Secret.
     let sim = env.aic.clone();
@@ -673,12 +660,7 @@ async fn chain_not_matching_the_csr_stalls_before_upload() {
         .wait_for("idp", 20, "stalled", |t| stalled_reason(t).is_some())
         .await;
     assert_eq!(stalled_reason(&t).as_deref(), Some("ChainDoesNotMatchCsr"));
-    assert!(
-        !env.tenant_calls()
-            .iter()
-            .any(|c| c.starts_with("PATCH /environment/csrs")),
-        "chain not uploaded"
-    );
+    assert_eq!(env.chain_uploads(), 0, "chain not uploaded");
     env.shutdown().await;
 }
 
@@ -724,12 +706,7 @@ async fn chain_missing_a_requested_name_stalls_before_upload() {
         "{}",
         stalled.message
     );
-    assert!(
-        !env.tenant_calls()
-            .iter()
-            .any(|c| c.starts_with("PATCH /environment/csrs")),
-        "chain not uploaded"
-    );
+    assert_eq!(env.chain_uploads(), 0, "chain not uploaded");
     env.shutdown().await;
 }
 
@@ -1039,20 +1016,13 @@ async fn the_empty_500_window_after_deactivation_is_a_quiet_wait() {
         ..sim_config()
     })
     .await;
-    let (chain, key) = env.issue(&["quiet.example.com"], 90);
-    env.put_tls("quiet-tls", &chain, &key).await;
-    env.apply(&with_url(
-        &local_yaml("quiet", "quiet-tls", "  revisionHistoryLimit: 0\n"),
-        &env,
-    ))
-    .await;
     let first = env
-        .wait_ready("quiet")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+        .ready_local(
+            "quiet",
+            &["quiet.example.com"],
+            "  revisionHistoryLimit: 0\n",
+        )
+        .await;
     let (chain2, key2) = env.issue(&["quiet.example.com"], 90);
     env.put_tls("quiet-tls", &chain2, &key2).await;
     env.wait_for("quiet", 30, "old certificate deleted", |t| {
@@ -1392,20 +1362,13 @@ async fn delete_secret(env: &Env, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_teardown_cleans_up_with_the_cached_token() {
     let env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(
-        &local_yaml("login", "login-tls", "  deletionPolicy: Delete\n"),
-        &env,
-    ))
-    .await;
     let id = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+        .ready_local(
+            "login",
+            &["login.example.com"],
+            "  deletionPolicy: Delete\n",
+        )
+        .await;
     // The credentials go first, as in a namespace teardown; then the resource.
     delete_secret(&env, "aic-creds").await;
     env.delete("login").await;
@@ -1423,20 +1386,13 @@ async fn namespace_teardown_cleans_up_with_the_cached_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_without_credentials_or_token_is_released_after_the_timeout() {
     let mut env = Env::start(sim_config()).await;
-    let (chain, key) = env.issue(&["login.example.com"], 90);
-    env.put_tls("login-tls", &chain, &key).await;
-    env.apply(&with_url(
-        &local_yaml("login", "login-tls", "  deletionPolicy: Delete\n"),
-        &env,
-    ))
-    .await;
     let id = env
-        .wait_ready("login")
-        .await
-        .status
-        .unwrap()
-        .certificate_id
-        .unwrap();
+        .ready_local(
+            "login",
+            &["login.example.com"],
+            "  deletionPolicy: Delete\n",
+        )
+        .await;
     // A new process holds no token; the credentials are gone.
     env.kill_operator().await;
     delete_secret(&env, "aic-creds").await;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use certrotor::api::{KeySource, SecretReference, TenantCertificateSpec, TenantSpec};
+use certrotor::api::KeySource;
 use certrotor::controller::deviceid::inputs;
 use certrotor::controller::tenant::source;
 use certrotor::pki;
@@ -37,22 +37,7 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     for key_source in [KeySource::Local, KeySource::Tenant] {
-        let spec = TenantCertificateSpec {
-            tenant: TenantSpec {
-                url: "https://t.example.com".into(),
-                credentials_secret_ref: SecretReference { name: "c".into() },
-                ca_bundle: None,
-            },
-            key_source,
-            secret_ref: SecretReference { name: "s".into() },
-            csr: None,
-            active: true,
-            renew_before: None,
-            deletion_policy: Default::default(),
-            revision_history_limit: None,
-            issuer_ref: None,
-            duration: None,
-        };
+        let spec = source::spec_for_checks(key_source, "s");
         let _ = source::read_source(&spec, Some(&secret), now);
     }
     let _ = inputs::read_onboarding("onboarding", Some(&secret));

@@ -15,7 +15,7 @@ use kube::Client;
 use kube::api::Api;
 
 use super::time::relative;
-use crate::api::{KeySource, SecretReference, TenantCertificateSpec, TenantSpec};
+use crate::api::KeySource;
 use crate::controller::tenant::plan::Source;
 use crate::controller::tenant::source::{self, TLS_CRT, TLS_KEY};
 use crate::pki;
@@ -167,26 +167,7 @@ fn report(what: &str, chain: &str, key: Option<&String>, secret_name: &str) -> (
     } else {
         KeySource::Tenant
     };
-    let spec = TenantCertificateSpec {
-        tenant: TenantSpec {
-            url: "https://tenant.invalid".into(),
-            credentials_secret_ref: SecretReference {
-                name: "unused".into(),
-            },
-            ca_bundle: None,
-        },
-        key_source,
-        secret_ref: SecretReference {
-            name: secret_name.to_string(),
-        },
-        csr: None,
-        active: true,
-        renew_before: None,
-        deletion_policy: Default::default(),
-        revision_history_limit: None,
-        issuer_ref: None,
-        duration: None,
-    };
+    let spec = crate::controller::tenant::source::spec_for_checks(key_source, secret_name);
     let mut data = BTreeMap::new();
     data.insert(TLS_CRT.to_string(), ByteString(chain.as_bytes().to_vec()));
     if let Some(k) = key {

@@ -218,6 +218,14 @@ impl Env {
             .expect("Ready with a certificate id")
     }
 
+    /// Chains uploaded to tenant CSRs so far.
+    pub fn chain_uploads(&self) -> usize {
+        self.tenant_calls()
+            .iter()
+            .filter(|c| c.starts_with("PATCH /environment/csrs"))
+            .count()
+    }
+
     pub async fn wait_ready(&self, name: &str) -> TenantCertificate {
         self.wait_for(name, 60, "Ready=True", is_ready).await
     }

@@ -704,6 +704,7 @@ impl Run<'_> {
                     .await
                     .map_err(StepError::Kube)?;
             }
+            // Written by `drive`, which ends the reconcile right after it.
             Step::StoreChain { .. } => {}
             Step::SetActive { id, active } => {
                 if !active && self.is_pending(&id) {

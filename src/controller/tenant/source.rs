@@ -82,6 +82,32 @@ pub fn validate_spec(spec: &TenantCertificateSpec) -> Result<(), Invalid> {
     }
 }
 
+/// The smallest spec that [`read_source`] can check a Secret against, outside a resource: what
+/// `certrotor inspect` and the fuzz targets use.
+pub fn spec_for_checks(key_source: KeySource, secret_name: &str) -> TenantCertificateSpec {
+    use crate::api::{SecretReference, TenantSpec};
+    TenantCertificateSpec {
+        tenant: TenantSpec {
+            url: "https://tenant.invalid".into(),
+            credentials_secret_ref: SecretReference {
+                name: "unused".into(),
+            },
+            ca_bundle: None,
+        },
+        key_source,
+        secret_ref: SecretReference {
+            name: secret_name.to_string(),
+        },
+        csr: None,
+        active: true,
+        renew_before: None,
+        deletion_policy: Default::default(),
+        revision_history_limit: None,
+        issuer_ref: None,
+        duration: None,
+    }
+}
+
 /// Reads the source Secret. Local: chain and key must be present and consistent. Tenant: no
 /// chain yet is normal (a CA has not signed the CSR); a chain present must be well formed.
 pub fn read_source(
