@@ -320,3 +320,54 @@ async fn describe_shows_the_newest_message_of_each_event() {
     assert_eq!(listed.lines().count(), 4, "{listed}");
     s.shutdown().await;
 }
+
+/// A refusal reads in kubectl as a real API server's does: the kind, the name, and each field's
+/// error, with the CEL rule's message — for an object that breaks a rule and for a CRD whose rule
+/// reads an unbounded array.
+#[tokio::test]
+async fn kubectl_prints_each_refused_field_with_its_message() {
+    let Some(binary) = kubectl_or_skip("the kubectl checks") else {
+        return;
+    };
+    let (_s, _dir, k) = standin_with_kubectl(binary).await;
+    let crds = certrotor::api::crds_yaml();
+    k.run(&["apply", "-f", "-"], Some(&crds)).await;
+
+    let wildcard = TENANT_CERTIFICATE.replace(
+        "  secretRef:\n    name: idp-example-com-tls\n",
+        "  secretRef:\n    name: idp-example-com-tls\n  keySource: Tenant\n  csr:\n    commonName: idp.example.com\n    subjectAlternativeNames: [\"*.example.com\"]\n",
+    );
+    assert_ne!(wildcard, TENANT_CERTIFICATE, "the manifest was changed");
+    let (ok, _, err) = k.try_run(&["apply", "-f", "-"], Some(&wildcard)).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "The TenantCertificate \"idp-example-com\" is invalid: spec.csr.subjectAlternativeNames: \
+         Invalid value: \"array\": wildcard subjectAlternativeNames are rejected by the tenant",
+    );
+
+    // The same CRD with the SANs unbounded, as issue 9's real server refused it.
+    let unbounded = crds.replacen(
+        "maxLength: 253\n                      minLength: 1\n                      type: string\n                    maxItems: 100\n",
+        "minLength: 1\n                      type: string\n",
+        1,
+    );
+    assert_ne!(unbounded, crds, "the SAN bounds were removed");
+    let (ok, _, err) = k
+        .try_run(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&unbounded),
+        )
+        .await;
+    assert!(!ok);
+    assert!(
+        err.starts_with(
+            "The CustomResourceDefinition \"tenantcertificates.certrotor.io\" is invalid: \n* "
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("\n* spec.validation.openAPIV3Schema.properties[spec].properties[csr].properties[subjectAlternativeNames].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x"),
+        "{err}"
+    );
+}

@@ -1189,8 +1189,14 @@ impl Run<'_> {
                 verdict.message.clone(),
             ));
         } else if verdict.ready && previous_reason.as_deref() != Some(verdict.reason.as_str()) {
+            // Ready stays True while a rotation goes on: its steps are progress, not readiness.
+            let reason = if verdict.reconciling {
+                "Progressing"
+            } else {
+                "Ready"
+            };
             self.events
-                .push((EventType::Normal, "Ready", verdict.message.clone()));
+                .push((EventType::Normal, reason, verdict.message.clone()));
         }
         // The generation observed is the newest whose certificate is in place: while the spec
         // asks for a certificate made differently, GitOps tools must not see it as done.

@@ -82,7 +82,23 @@ impl ApiError {
                 }
             ),
         )
-        .with_details(info, name)
+        .with_invalid_details(info, name, causes)
+    }
+
+    /// As `NewInvalid` fills them: the kind (not the resource), and one cause per field error,
+    /// which is what kubectl prints after "The Kind "name" is invalid:".
+    fn with_invalid_details(mut self, info: &ResourceInfo, name: &str, causes: &[String]) -> Self {
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|c| {
+                let (field, body) = c.split_once(": ").unwrap_or(("", c.as_str()));
+                json!({"reason": cause_type(body), "message": body, "field": field})
+            })
+            .collect();
+        self.details = Some(json!({
+            "name": name, "group": info.group, "kind": info.kind, "causes": causes,
+        }));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -145,6 +161,24 @@ impl ApiError {
     }
 }
 
+/// The `CauseType` of a field error, from the words its message starts with.
+fn cause_type(body: &str) -> &'static str {
+    const TYPES: &[(&str, &str)] = &[
+        ("Required value", "FieldValueRequired"),
+        ("Invalid value", "FieldValueInvalid"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Not found", "FieldValueNotFound"),
+    ];
+    TYPES
+        .iter()
+        .find(|(prefix, _)| body.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, t)| t)
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}): {}", self.code, self.reason, self.message)
@@ -165,6 +199,13 @@ mod tests {
         let lease = all.iter().find(|r| r.plural == "leases").unwrap();
         let s = ApiError::invalid(cm, "x", &["a: b".into()]).to_status();
         assert_eq!(s["message"], "ConfigMap \"x\" is invalid: a: b");
+        assert_eq!(s["details"]["kind"], "ConfigMap");
+        assert_eq!(
+            s["details"]["causes"],
+            json!([{"reason": "FieldValueInvalid", "message": "b", "field": "a"}])
+        );
+        let s = ApiError::invalid(cm, "x", &["data: Required value".into()]).to_status();
+        assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");
         assert_eq!(
             (s["code"].as_u64(), s["reason"].as_str()),
             (Some(422), Some("Invalid"))
