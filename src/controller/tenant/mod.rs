@@ -231,14 +231,14 @@ impl Run<'_> {
             }
         }
         // Polls of one tenant wake together (see `plan::aligned`) and share one list: a list that
-        // started shortly before this reconcile is good enough to look at `live`, and one from
+        // started since the tick this reconcile woke on is good enough to look at `live`, one from
         // the last poll interval to check on a settled certificate (all of a tenant's resyncs
         // fall on one tick and are worked through a few at a time). Creating needs more (see
         // `Step::Upload`).
         let tolerance = if plan::settled(&settledness) {
             self.ctx.options.poll.max
         } else {
-            self.ctx.options.poll.min
+            plan::live_list_tolerance(&self.ctx.options.poll, self.now)
         };
         let since = self.started.checked_sub(tolerance).unwrap_or(self.started);
         let (listed_at, list) = client.list_certificates_shared(since).await?;

@@ -868,6 +868,16 @@ pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize
     aligned(shared, floor, now)
 }
 
+/// How old a shared tenant list may be for a reconcile that looks at `live`: it must have
+/// started at or after the last tick of the polls' shared clock (see [`poll_after`]), so every
+/// poll woken by a tick sees the tenant as it was at that tick, and all of them share one list.
+/// (A fixed tolerance of `min` let a poll reuse the previous tick's list: a certificate that
+/// went live in between was seen a tick or two late.)
+pub fn live_list_tolerance(poll: &PollPolicy, now: Timestamp) -> Duration {
+    let floor_ms = (poll.min / 2).as_millis().clamp(1, i64::MAX as u128) as i64;
+    Duration::from_millis(now.as_millisecond().rem_euclid(floor_ms) as u64)
+}
+
 /// Waits about `interval`, ending on a tick of a clock every resource shares: the interval is
 /// rounded up to `base` times a power of two, and the wake-up falls on a multiple of that since
 /// the Unix epoch. Resources waiting on one tenant then wake together and one list call serves

@@ -643,6 +643,20 @@ proptest! {
         let floor = (poll.min / 2).as_millis() as i64;
         prop_assert_eq!(a % floor, 0, "wakes on a tick of the shared clock");
     }
+
+    /// A poll accepts exactly the lists that started since the last tick of the shared clock:
+    /// a poll woken by a tick never reads the tenant as it was before that tick, and all the
+    /// polls worked through after one tick accept the same lists.
+    #[test]
+    fn a_poll_reads_no_list_older_than_its_tick(ms in 0i64..100_000_000, late in 0i64..2_000) {
+        let poll = PollPolicy::default();
+        let floor = (poll.min / 2).as_millis() as i64;
+        let tick = 1_800_000_000_000 + ms - (1_800_000_000_000 + ms).rem_euclid(floor);
+        let now = Timestamp::from_millisecond(tick + late.min(floor - 1)).unwrap();
+        let oldest = now.as_millisecond() - live_list_tolerance(&poll, now).as_millis() as i64;
+        prop_assert_eq!(oldest, tick);
+        prop_assert!(live_list_tolerance(&poll, now) < poll.min);
+    }
 }
 
 fn settled_status(fp: &str) -> TenantCertificateStatus {
