@@ -10,6 +10,7 @@ use certrotor::api::TenantCertificate;
 use certrotor::controller::Options;
 use certrotor::sim::aic::AicSimConfig;
 use common::*;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// Tenant calls made for one resource, with the support team's certificate excluded.
@@ -463,6 +464,60 @@ async fn delete_with_retain_leaves_the_certificate_live() {
         .find(|c| c.id == id && !c.deleted)
         .expect("kept");
     assert!(c.active && c.live);
+    env.shutdown().await;
+}
+
+/// Retain has nothing to clean up: no finalizer, so deleting never waits on certrotor (here it
+/// is stopped). A policy that cleans up gets the finalizer before anything else happens, and
+/// loses it again when the policy goes back to Retain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_policy_that_cleans_up_holds_a_finalizer() {
+    let mut env = Env::start(sim_config()).await;
+    let has_finalizer = |t: &TenantCertificate| {
+        t.finalizers()
+            .iter()
+            .any(|f| f == certrotor::api::FINALIZER)
+    };
+    env.ready_local("kept", &["kept.example.com"], "").await;
+    assert!(
+        !has_finalizer(&env.get("kept").await),
+        "Retain (the default): none"
+    );
+
+    let policy = |p: &str| serde_json::json!({"spec": {"deletionPolicy": p}});
+    let patch = |p: &str| {
+        let api = env.tcerts();
+        let body = policy(p);
+        async move {
+            api.patch("kept", &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .unwrap();
+        }
+    };
+    patch("Delete").await;
+    env.wait_for("kept", 30, "the finalizer", has_finalizer)
+        .await;
+    patch("Retain").await;
+    env.wait_for("kept", 30, "no finalizer", |t| !has_finalizer(t))
+        .await;
+
+    // With the operator stopped, a Retain resource goes at once and its certificate stays.
+    let id = env
+        .get("kept")
+        .await
+        .status
+        .unwrap()
+        .certificate_id
+        .unwrap();
+    env.kill_operator().await;
+    env.delete("kept").await;
+    env.wait_gone("kept", 5).await;
+    assert!(
+        env.aic
+            .certificates()
+            .iter()
+            .any(|c| c.id == id && c.live && !c.deleted)
+    );
     env.shutdown().await;
 }
 

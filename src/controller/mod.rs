@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -160,6 +161,13 @@ impl Context {
     pub fn record_look(&self, uid: &str) -> bool {
         let mut looked = self.looked.lock().unwrap_or_else(|e| e.into_inner());
         !looked.insert(uid_key(uid))
+    }
+
+    /// Forgets a TenantCertificate that is gone or going: what this process remembered of it.
+    pub fn forget_tenant_certificate(&self, obj: &TenantCertificate) {
+        let uid = obj.metadata.uid.as_deref().unwrap_or_default();
+        self.set_waiting_for_live(&obj.spec.tenant.url, uid, false);
+        self.forget_look(uid);
     }
 
     /// Forgets `uid` (the resource is gone): what this process remembered of it.
@@ -383,11 +391,18 @@ pub async fn run_with(
     let stopped = shutdown.clone();
     let (reader, writer) = reflector::store();
     metrics.caches().set_tenant(Some(reader.clone()));
+    let forget = ctx.clone();
     let stream = reflector(
         writer,
         watch_scoped::<TenantCertificate>(&client, &namespaces, resource_watch(&options))
             .modify(drop_managed_fields),
     )
+    // A resource deleted without a finalizer (deletionPolicy: Retain) is never reconciled again.
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(obj) = event {
+            forget.forget_tenant_certificate(obj);
+        }
+    })
     .touched_objects()
     .predicate_filter(user_intent, Default::default());
     let controller = Controller::for_stream(stream, reader.clone());

@@ -38,6 +38,24 @@ pub fn references_secret(t: &TenantCertificate, name: &str) -> bool {
 pub async fn reconcile(obj: Arc<TenantCertificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<TenantCertificate> = Api::namespaced(ctx.client.clone(), &ns);
+    let ours = obj.finalizers().iter().any(|f| f == api::FINALIZER);
+    if obj.spec.deletion_policy == DeletionPolicy::Retain {
+        // Retain leaves everything in the tenant: deleting the resource has nothing to clean up,
+        // so it carries no finalizer and its deletion never waits on certrotor. (One that had it,
+        // under another policy, loses it; any other policy gets it before its next step.)
+        let deleting = obj.meta().deletion_timestamp.is_some();
+        if !ours {
+            return if deleting {
+                Ok(Action::await_change())
+            } else {
+                apply(&obj, &ctx, &ns).await
+            };
+        }
+        if !deleting {
+            release_finalizer(&api, &obj).await?;
+            return Ok(Action::await_change());
+        }
+    }
     finalizer(&api, api::FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(&obj, &ctx, &ns).await,
@@ -54,6 +72,29 @@ pub async fn reconcile(obj: Arc<TenantCertificate>, ctx: Arc<Context>) -> Result
         }
         other => Error::Finalizer(other.to_string()),
     })
+}
+
+/// Removes certrotor's finalizer, on the resourceVersion it was read at: a concurrent change to
+/// the list fails the patch (409, retried) instead of being overwritten.
+async fn release_finalizer(
+    api: &Api<TenantCertificate>,
+    obj: &TenantCertificate,
+) -> Result<(), Error> {
+    let others: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != api::FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": obj.resource_version(), "finalizers": others},
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Only Kubernetes API failures land here; back off and try again.
@@ -1313,9 +1354,7 @@ impl From<AicError> for StepError {
 /// by letting the finalizer go. The escape hatch for an unreachable tenant is
 /// `deletionPolicy: Retain`.
 async fn cleanup(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Action, Error> {
-    let uid = obj.metadata.uid.as_deref().unwrap_or_default();
-    ctx.set_waiting_for_live(&obj.spec.tenant.url, uid, false);
-    ctx.forget_look(uid);
+    ctx.forget_tenant_certificate(obj);
     let policy = obj.spec.deletion_policy;
     if policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
