@@ -364,6 +364,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 max: args.live_poll_max,
                 resync: args.resync,
                 live_timeout: args.live_timeout,
+                ..Default::default()
             },
             concurrency: args.concurrency,
             selector: args.selector.clone().filter(|s| !s.trim().is_empty()),

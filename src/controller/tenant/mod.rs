@@ -173,6 +173,11 @@ async fn apply(obj: &TenantCertificate, ctx: &Context, ns: &str) -> Result<Actio
 }
 
 impl Run<'_> {
+    /// The poll schedule on this resource's tenant's ticks.
+    fn poll(&self) -> plan::PollPolicy {
+        self.ctx.options.poll.for_tenant(&self.obj.spec.tenant.url)
+    }
+
     async fn reconcile(&mut self) -> Result<Action, Error> {
         let spec = &self.obj.spec;
         if api::is_paused(self.obj.meta()) {
@@ -231,8 +236,8 @@ impl Run<'_> {
                 // An expected wait, not a failure: no Warning, no backoff, no failure count.
                 let ready = api::is_true(&self.status.conditions, api::READY);
                 self.conclude(Verdict::progressing(ready, "WaitingToDeleteOld", message));
-                let poll = &self.ctx.options.poll;
-                Ok(Action::requeue(plan::aligned(poll.min, poll.min, self.now)))
+                let poll = self.poll();
+                Ok(Action::requeue(poll.wake(poll.min, poll.min, self.now)))
             }
         }
     }
@@ -267,7 +272,7 @@ impl Run<'_> {
             ) {
                 return Ok(Action::requeue(after));
             }
-            if let Some(after) = plan::quiet_after_restart(&settledness, &self.ctx.options.poll) {
+            if let Some(after) = plan::quiet_after_restart(&settledness, &self.poll()) {
                 return Ok(Action::requeue(after));
             }
         }
@@ -279,7 +284,7 @@ impl Run<'_> {
         let tolerance = if plan::settled(&settledness) {
             self.ctx.options.poll.max
         } else {
-            plan::live_list_tolerance(&self.ctx.options.poll, self.now)
+            plan::live_list_tolerance(&self.poll(), self.now)
         };
         let since = self.started.checked_sub(tolerance).unwrap_or(self.started);
         let (listed_at, list) = client.list_certificates_shared(since).await?;
@@ -338,7 +343,7 @@ impl Run<'_> {
                 pending_csr: pending_csr.as_ref(),
                 tenant: &tenant,
                 now: self.now,
-                poll: self.ctx.options.poll,
+                poll: self.poll(),
                 waiting_on_tenant: self.ctx.waiting_for_live(&spec.tenant.url, &uid),
                 signing: signing.clone(),
             };
@@ -430,8 +435,8 @@ impl Run<'_> {
                         "Progressing",
                         "waiting for the tenant to show the last change",
                     ));
-                    let poll = &self.ctx.options.poll;
-                    return Ok(Action::requeue(plan::aligned(poll.min, poll.min, self.now)));
+                    let poll = self.poll();
+                    return Ok(Action::requeue(poll.wake(poll.min, poll.min, self.now)));
                 }
                 step => {
                     performed.push(step.clone());

@@ -87,6 +87,37 @@ pub struct PollPolicy {
     /// How long an activated certificate may take to go live before the resource is Stalled
     /// (`LiveTimeout`); polling goes on, slowly.
     pub live_timeout: Duration,
+    /// Where this tenant's ticks fall on the shared clock (see [`tenant_phase`]): set per
+    /// reconcile from the tenant URL, zero in the operator's options.
+    pub phase: Duration,
+}
+
+impl PollPolicy {
+    /// This policy for the resources of `tenant`: its own phase of the shared clock.
+    pub fn for_tenant(&self, tenant: &str) -> Self {
+        Self {
+            phase: tenant_phase(tenant, self),
+            ..*self
+        }
+    }
+
+    /// [`aligned`] on this tenant's ticks.
+    pub fn wake(&self, interval: Duration, base: Duration, now: Timestamp) -> Duration {
+        aligned(interval, base, now, self.phase)
+    }
+}
+
+/// A tenant's offset on the shared clock, in [0, min/2), from its URL (a stable FNV-1a hash, the
+/// same in every process). Resources of one tenant still wake together and share one list;
+/// different tenants' ticks fall apart, so a fleet over many tenants is not worked through in
+/// one burst per tick (the last of 1,000 certificates over 10 tenants waited for the 999 before
+/// it), and no tenant sees every operator's polls at the same instant.
+pub fn tenant_phase(tenant: &str, poll: &PollPolicy) -> Duration {
+    let floor_ms = (poll.min / 2).as_millis().clamp(1, u64::MAX as u128) as u64;
+    let hash = tenant.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Duration::from_millis(hash % floor_ms)
 }
 
 impl Default for PollPolicy {
@@ -96,6 +127,7 @@ impl Default for PollPolicy {
             max: Duration::from_secs(20),
             resync: Duration::from_secs(3600),
             live_timeout: Duration::from_secs(600),
+            phase: Duration::ZERO,
         }
     }
 }
@@ -226,7 +258,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                         step: Step::Stuck {
                             reason: "LiveTimeout",
                             message,
-                            after: aligned(obs.poll.max * 3, obs.poll.min, obs.now),
+                            after: obs.poll.wake(obs.poll.max * 3, obs.poll.min, obs.now),
                         },
                     });
                 }
@@ -342,7 +374,9 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
         } else {
             format!("certificate {current_id} is inactive; waiting for it to stop being live")
         };
-        let after = aligned(obs.poll.max.min(obs.poll.min * 4), obs.poll.min, obs.now);
+        let after = obs
+            .poll
+            .wake(obs.poll.max.min(obs.poll.min * 4), obs.poll.min, obs.now);
         return Ok(Plan {
             status,
             step: Step::Wait {
@@ -394,7 +428,7 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
             step: Step::Wait {
                 reason: "WaitingToDeleteOld",
                 message,
-                after: aligned(obs.poll.max, obs.poll.min, obs.now),
+                after: obs.poll.wake(obs.poll.max, obs.poll.min, obs.now),
             },
         });
     }
@@ -765,11 +799,11 @@ fn next_look(
             if until_due < obs.poll.resync {
                 until_due
             } else {
-                aligned(obs.poll.resync, obs.poll.resync, obs.now)
+                obs.poll.wake(obs.poll.resync, obs.poll.resync, obs.now)
             }
         }
         // Resyncs land on the same tick for every resource: one list per tenant per period.
-        None => aligned(obs.poll.resync, obs.poll.resync, obs.now),
+        None => obs.poll.wake(obs.poll.resync, obs.poll.resync, obs.now),
     }
 }
 
@@ -830,9 +864,9 @@ pub fn quiet_after_restart(s: &Settledness<'_>, poll: &PollPolicy) -> Option<Dur
             let until_due = Duration::from_secs(
                 due.as_second().saturating_sub(s.now.as_second()).max(1) as u64,
             );
-            until_due.min(aligned(poll.resync, poll.resync, s.now))
+            until_due.min(poll.wake(poll.resync, poll.resync, s.now))
         }
-        None => aligned(poll.resync, poll.resync, s.now),
+        None => poll.wake(poll.resync, poll.resync, s.now),
     })
 }
 
@@ -861,11 +895,11 @@ pub fn backing_off(
 pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize) -> Duration {
     let single = (waited(since, now) / 2).clamp(poll.min, poll.max);
     if waiting <= 1 {
-        return aligned(single, poll.min, now);
+        return poll.wake(single, poll.min, now);
     }
     let floor = (poll.min / 2).max(Duration::from_millis(1));
     let shared = single.div_f64((waiting as f64).sqrt()).max(floor);
-    aligned(shared, floor, now)
+    poll.wake(shared, floor, now)
 }
 
 /// How old a shared tenant list may be for a reconcile that looks at `live`: it must have
@@ -875,21 +909,22 @@ pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize
 /// went live in between was seen a tick or two late.)
 pub fn live_list_tolerance(poll: &PollPolicy, now: Timestamp) -> Duration {
     let floor_ms = (poll.min / 2).as_millis().clamp(1, i64::MAX as u128) as i64;
-    Duration::from_millis(now.as_millisecond().rem_euclid(floor_ms) as u64)
+    let clock = now.as_millisecond() - poll.phase.as_millis() as i64;
+    Duration::from_millis(clock.rem_euclid(floor_ms) as u64)
 }
 
 /// Waits about `interval`, ending on a tick of a clock every resource shares: the interval is
 /// rounded up to `base` times a power of two, and the wake-up falls on a multiple of that since
 /// the Unix epoch. Resources waiting on one tenant then wake together and one list call serves
 /// them all, instead of one call each.
-pub fn aligned(interval: Duration, base: Duration, now: Timestamp) -> Duration {
+pub fn aligned(interval: Duration, base: Duration, now: Timestamp, phase: Duration) -> Duration {
     let base_ms = base.as_millis().max(1) as i64;
     let want_ms = interval.as_millis().min(i64::MAX as u128) as i64;
     let mut step = base_ms;
     while step < want_ms {
         step = step.saturating_mul(2);
     }
-    let now_ms = now.as_millisecond();
+    let now_ms = now.as_millisecond() - phase.as_millis().min(i64::MAX as u128) as i64;
     let mut wait = step - now_ms.rem_euclid(step);
     // Not a near-zero wait: the next tick after that.
     if wait < step / 4 {
@@ -1184,7 +1219,7 @@ mod aligned_tests {
         fn wakes_on_a_shared_tick_near_the_interval(now_ms in 0i64..4_000_000_000_000, want in 1u64..60_000) {
             let now = jiff::Timestamp::from_millisecond(now_ms).unwrap();
             let base = Duration::from_millis(500);
-            let wait = aligned(Duration::from_millis(want), base, now);
+            let wait = aligned(Duration::from_millis(want), base, now, Duration::ZERO);
             let step = (0..20).map(|k| 500u64 << k).find(|s| *s >= want.max(500)).unwrap();
             let wake = now_ms as u64 + wait.as_millis() as u64;
             proptest::prop_assert_eq!(wake % step, 0, "not on a tick");
@@ -1197,10 +1232,10 @@ mod aligned_tests {
         let base = Duration::from_secs(2);
         let a = jiff::Timestamp::from_millisecond(1_000_300).unwrap();
         let b = jiff::Timestamp::from_millisecond(1_001_700).unwrap();
-        let wake_a =
-            a.as_millisecond() + aligned(Duration::from_secs(8), base, a).as_millis() as i64;
-        let wake_b =
-            b.as_millisecond() + aligned(Duration::from_secs(7), base, b).as_millis() as i64;
+        let wake_a = a.as_millisecond()
+            + aligned(Duration::from_secs(8), base, a, Duration::ZERO).as_millis() as i64;
+        let wake_b = b.as_millisecond()
+            + aligned(Duration::from_secs(7), base, b, Duration::ZERO).as_millis() as i64;
         assert_eq!(wake_a, wake_b);
     }
 }

@@ -632,31 +632,55 @@ fn polls_speed_up_with_the_number_of_certificates_sharing_a_list() {
 }
 
 proptest! {
-    /// Certificates of one tenant polling at the same moment wake on the same tick whatever
-    /// their number, so they share one list.
+    /// Certificates of one tenant polling at the same moment wake on the same tick of that
+    /// tenant's clock whatever their number, so they share one list.
     #[test]
-    fn same_count_same_tick(secs in 0i64..100_000, waited in 0i64..600, n in 1usize..5000) {
-        let poll = PollPolicy::default();
+    fn same_count_same_tick(secs in 0i64..100_000, waited in 0i64..600, n in 1usize..5000, t in 0u32..1000) {
+        let poll = PollPolicy::default().for_tenant(&format!("https://openam-t{t}.id.forgerock.io"));
         let now = Timestamp::from_second(1_800_000_000 + secs).unwrap();
         let since = Timestamp::from_second(now.as_second() - waited).unwrap().to_string();
         let a = now.as_millisecond() + poll_after(&poll, &since, now, n).as_millis() as i64;
         let floor = (poll.min / 2).as_millis() as i64;
-        prop_assert_eq!(a % floor, 0, "wakes on a tick of the shared clock");
+        prop_assert_eq!((a - poll.phase.as_millis() as i64) % floor, 0, "wakes on a tick of the tenant's clock");
     }
 
-    /// A poll accepts exactly the lists that started since the last tick of the shared clock:
+    /// A poll accepts exactly the lists that started since the last tick of its tenant's clock:
     /// a poll woken by a tick never reads the tenant as it was before that tick, and all the
     /// polls worked through after one tick accept the same lists.
     #[test]
-    fn a_poll_reads_no_list_older_than_its_tick(ms in 0i64..100_000_000, late in 0i64..2_000) {
-        let poll = PollPolicy::default();
+    fn a_poll_reads_no_list_older_than_its_tick(ms in 0i64..100_000_000, late in 0i64..2_000, t in 0u32..1000) {
+        let poll = PollPolicy::default().for_tenant(&format!("https://openam-t{t}.id.forgerock.io"));
         let floor = (poll.min / 2).as_millis() as i64;
-        let tick = 1_800_000_000_000 + ms - (1_800_000_000_000 + ms).rem_euclid(floor);
+        let phase = poll.phase.as_millis() as i64;
+        prop_assert!(phase < floor);
+        let base = 1_800_000_000_000 + ms;
+        let tick = base - (base - phase).rem_euclid(floor);
         let now = Timestamp::from_millisecond(tick + late.min(floor - 1)).unwrap();
         let oldest = now.as_millisecond() - live_list_tolerance(&poll, now).as_millis() as i64;
         prop_assert_eq!(oldest, tick);
         prop_assert!(live_list_tolerance(&poll, now) < poll.min);
+        // And that tick is one the tenant's polls wake on.
+        let waited = Timestamp::from_millisecond(tick - 5_000).unwrap().to_string();
+        let before = Timestamp::from_millisecond(tick - 1_100).unwrap();
+        let wake = before.as_millisecond() + poll_after(&poll, &waited, before, 100).as_millis() as i64;
+        prop_assert_eq!((wake - tick).rem_euclid(floor), 0);
     }
+}
+
+/// Tenants' clocks are spread over the finest tick: ten tenants, ten bursts, not one.
+#[test]
+fn tenants_tick_apart() {
+    let poll = PollPolicy::default();
+    let phases: std::collections::BTreeSet<Duration> = (0..10)
+        .map(|i| tenant_phase(&format!("https://openam-acme-{i}.id.forgerock.io"), &poll))
+        .collect();
+    assert!(phases.len() >= 8, "{phases:?}");
+    assert!(phases.iter().all(|p| *p < poll.min / 2));
+    // The same tenant, the same phase, in every process.
+    assert_eq!(
+        tenant_phase("https://openam-acme-1.id.forgerock.io", &poll),
+        tenant_phase("https://openam-acme-1.id.forgerock.io", &poll)
+    );
 }
 
 fn settled_status(fp: &str) -> TenantCertificateStatus {
