@@ -121,6 +121,9 @@ pub struct Context {
     /// their polls speed up together (see `tenant::plan::poll_after`).
     pub waiting_live:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+    /// Tenant URL → how long it takes to make a certificate live, as seen here
+    /// (`tenant::plan::next_live_delay`): polls of a new certificate start at half of it.
+    pub live_delays: std::sync::Mutex<std::collections::HashMap<String, std::time::Duration>>,
     /// TenantCertificate uids this process has reconciled: the first reconcile after a restart
     /// of a settled certificate makes no tenant call.
     pub looked: std::sync::Mutex<std::collections::HashSet<u128>>,
@@ -152,6 +155,7 @@ impl Context {
             tenant_mutations: Default::default(),
             created: std::time::Instant::now(),
             waiting_live: Default::default(),
+            live_delays: Default::default(),
             looked: Default::default(),
             cert_manager: Default::default(),
         })
@@ -189,6 +193,19 @@ impl Context {
             .get(tenant)
             .map_or(0, |set| set.len() - usize::from(set.contains(uid)));
         others + 1
+    }
+
+    /// What this process expects of `tenant`'s next `live` delay.
+    pub fn live_delay(&self, tenant: &str) -> Option<std::time::Duration> {
+        let delays = self.live_delays.lock().unwrap_or_else(|e| e.into_inner());
+        delays.get(tenant).copied()
+    }
+
+    /// A certificate of `tenant` was found live `took` after its activation.
+    pub fn saw_live_after(&self, tenant: &str, took: std::time::Duration) {
+        let mut delays = self.live_delays.lock().unwrap_or_else(|e| e.into_inner());
+        let next = tenant::plan::next_live_delay(delays.get(tenant).copied(), took);
+        delays.insert(tenant.to_string(), next);
     }
 
     /// Records whether `uid` waits for `live` on `tenant` (and forgets empty tenants).

@@ -345,9 +345,20 @@ impl Run<'_> {
                 now: self.now,
                 poll: self.poll(),
                 waiting_on_tenant: self.ctx.waiting_for_live(&spec.tenant.url, &uid),
+                live_delay: self.ctx.live_delay(&spec.tenant.url),
                 signing: signing.clone(),
             };
             let Plan { status, step } = plan::plan(&obs).map_err(StepError::Invalid)?;
+            // A pending certificate promoted: the tenant made it live this long after activation.
+            if let Some(p) = &self.status.pending
+                && p.certificate_id.is_some()
+                && p.certificate_id == status.certificate_id
+                && let Ok(since) = p.since.parse::<Timestamp>()
+            {
+                let took = self.now.as_millisecond() - since.as_millisecond();
+                self.ctx
+                    .saw_live_after(&spec.tenant.url, Duration::from_millis(took.max(0) as u64));
+            }
             self.status = status;
             self.reflect_current(&tenant, source);
             self.ctx.set_waiting_for_live(

@@ -15,6 +15,7 @@
 use jiff::Timestamp;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::plan::*;
 use crate::aic::Certificate;
@@ -69,6 +70,8 @@ struct Model {
     was_live: bool,
     now: Timestamp,
     leaked: Vec<String>,
+    /// What the executor would say the tenant's `live` delay is (timing only: never a decision).
+    live_delay: Option<Duration>,
 }
 
 fn leaf_of(n: u32) -> CertInfo {
@@ -131,6 +134,7 @@ impl Model {
             was_live: false,
             leaked: vec![],
             now: Timestamp::from_second(1_790_500_000).unwrap(),
+            live_delay: None,
         }
     }
 
@@ -244,6 +248,7 @@ impl Model {
                 now: self.now,
                 poll: PollPolicy::default(),
                 waiting_on_tenant: 1,
+                live_delay: self.live_delay,
                 signing: Signing::NotAsked,
             });
             let Ok(Plan {
@@ -390,8 +395,12 @@ impl Model {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
     #[test]
-    fn random_event_sequences_keep_the_invariants(events in proptest::collection::vec(event(), 1..60)) {
+    fn random_event_sequences_keep_the_invariants(
+        events in proptest::collection::vec(event(), 1..60),
+        live_delay in proptest::option::of(0u64..600),
+    ) {
         let mut model = Model::new();
+        model.live_delay = live_delay.map(Duration::from_secs);
         model.apply(&Event::Tick)?;
         for e in &events {
             model.apply(e)?;

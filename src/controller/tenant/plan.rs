@@ -58,6 +58,9 @@ pub struct Observation<'a> {
     /// How many of this tenant's certificates (this one included) wait for `live`: one list
     /// serves them all, so the more wait, the more often a list is worth making.
     pub waiting_on_tenant: usize,
+    /// How long this tenant takes to make a certificate live, as this process has seen it (see
+    /// [`next_live_delay`]); `None` until it has seen one.
+    pub live_delay: Option<Duration>,
     /// With `spec.issuerRef`: the pending CSR's cert-manager CertificateRequest.
     pub signing: Signing,
 }
@@ -104,6 +107,15 @@ impl PollPolicy {
     /// [`aligned`] on this tenant's ticks.
     pub fn wake(&self, interval: Duration, base: Duration, now: Timestamp) -> Duration {
         aligned(interval, base, now, self.phase)
+    }
+
+    /// Until the first of this tenant's finest ticks (every `min / 2`) at or after `at_ms`
+    /// (milliseconds since the epoch); at least 1 ms.
+    pub fn wake_at(&self, at_ms: i64, now: Timestamp) -> Duration {
+        let floor = (self.min / 2).as_millis().clamp(1, i64::MAX as u128) as i64;
+        let phase = self.phase.as_millis().min(i64::MAX as u128) as i64;
+        let tick = at_ms + (phase - at_ms).rem_euclid(floor);
+        Duration::from_millis((tick - now.as_millisecond()).max(1) as u64)
     }
 }
 
@@ -262,7 +274,13 @@ pub fn plan(obs: &Observation<'_>) -> Result<Plan, Invalid> {
                         },
                     });
                 }
-                let after = poll_after(&obs.poll, &pending.since, obs.now, obs.waiting_on_tenant);
+                let after = poll_after(
+                    &obs.poll,
+                    &pending.since,
+                    obs.now,
+                    obs.waiting_on_tenant,
+                    obs.live_delay,
+                );
                 let message = format!(
                     "certificate {id} is active; waiting for the load balancer to make it live"
                 );
@@ -891,8 +909,25 @@ pub fn backing_off(
 /// is quick, a handful of calls when it takes its observed minute. When `waiting` certificates
 /// of the tenant wait together, one list serves them all: the interval shrinks by the square
 /// root of their number (down to half of `min`), so a fleet sees `live` sooner while the lists
-/// per certificate still fall as the fleet grows.
-pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize) -> Duration {
+/// per certificate still fall as the fleet grows. Once the tenant has been seen to take
+/// `live_delay`, nothing is polled before half of that since activation: a list then would
+/// only say "not yet" (at the real tenants' minute, that was half the lists), and a tenant
+/// that got faster is still seen at half its old pace.
+pub fn poll_after(
+    poll: &PollPolicy,
+    since: &str,
+    now: Timestamp,
+    waiting: usize,
+    live_delay: Option<Duration>,
+) -> Duration {
+    if let (Some(delay), Ok(start)) = (live_delay, since.parse::<Timestamp>()) {
+        let quiet_until = start
+            .as_millisecond()
+            .saturating_add((delay / 2).as_millis().min(i64::MAX as u128) as i64);
+        if now.as_millisecond() < quiet_until {
+            return poll.wake_at(quiet_until, now);
+        }
+    }
     let single = (waited(since, now) / 2).clamp(poll.min, poll.max);
     if waiting <= 1 {
         return poll.wake(single, poll.min, now);
@@ -900,6 +935,17 @@ pub fn poll_after(poll: &PollPolicy, since: &str, now: Timestamp, waiting: usize
     let floor = (poll.min / 2).max(Duration::from_millis(1));
     let shared = single.div_f64((waiting as f64).sqrt()).max(floor);
     poll.wake(shared, floor, now)
+}
+
+/// What to expect of a tenant's next `live` delay after seeing one take `seen` (activation to
+/// the poll that found it live, so at most a poll interval long): a shorter one is believed at
+/// once, a longer one only a quarter of the way, so one certificate the tenant was slow with
+/// does not make every later one wait (polls start at half of this, see [`poll_after`]).
+pub fn next_live_delay(previous: Option<Duration>, seen: Duration) -> Duration {
+    match previous {
+        Some(p) if seen > p => p + (seen - p) / 4,
+        _ => seen,
+    }
 }
 
 /// How old a shared tenant list may be for a reconcile that looks at `live`: it must have

@@ -133,6 +133,7 @@ impl Case {
             now: self.now,
             poll: PollPolicy::default(),
             waiting_on_tenant: 1,
+            live_delay: None,
             signing: Signing::NotAsked,
         })
     }
@@ -608,21 +609,21 @@ fn polls_speed_up_with_the_number_of_certificates_sharing_a_list() {
     let now = ts("2026-11-23T10:00:40Z");
     let since = "2026-11-23T10:00:00Z";
     // Alone, 40 s in: half the wait (20 s, the max), on the shared clock.
-    let alone = poll_after(&poll, since, now, 1);
+    let alone = poll_after(&poll, since, now, 1, None);
     assert!(
         alone >= Duration::from_secs(15) && alone <= Duration::from_secs(40),
         "{alone:?}"
     );
     // 100 waiting together: a tenth of that, never below half of min.
-    let fleet = poll_after(&poll, since, now, 100);
+    let fleet = poll_after(&poll, since, now, 100, None);
     assert!(fleet <= Duration::from_secs(4), "{fleet:?}");
     assert!(fleet >= poll.min / 2, "{fleet:?}");
-    let crowd = poll_after(&poll, since, now, 1_000_000);
+    let crowd = poll_after(&poll, since, now, 1_000_000, None);
     assert!(crowd >= poll.min / 2 && crowd <= poll.min * 2, "{crowd:?}");
     // More waiting never means slower polls.
     let mut last = Duration::MAX;
     for n in [1, 2, 4, 16, 100, 10_000] {
-        let interval = poll_after(&poll, since, ts("2026-11-23T10:00:10Z"), n);
+        let interval = poll_after(&poll, since, ts("2026-11-23T10:00:10Z"), n, None);
         assert!(
             interval <= last.max(poll.min),
             "{n}: {interval:?} after {last:?}"
@@ -639,7 +640,7 @@ proptest! {
         let poll = PollPolicy::default().for_tenant(&format!("https://openam-t{t}.id.forgerock.io"));
         let now = Timestamp::from_second(1_800_000_000 + secs).unwrap();
         let since = Timestamp::from_second(now.as_second() - waited).unwrap().to_string();
-        let a = now.as_millisecond() + poll_after(&poll, &since, now, n).as_millis() as i64;
+        let a = now.as_millisecond() + poll_after(&poll, &since, now, n, None).as_millis() as i64;
         let floor = (poll.min / 2).as_millis() as i64;
         prop_assert_eq!((a - poll.phase.as_millis() as i64) % floor, 0, "wakes on a tick of the tenant's clock");
     }
@@ -662,8 +663,63 @@ proptest! {
         // And that tick is one the tenant's polls wake on.
         let waited = Timestamp::from_millisecond(tick - 5_000).unwrap().to_string();
         let before = Timestamp::from_millisecond(tick - 1_100).unwrap();
-        let wake = before.as_millisecond() + poll_after(&poll, &waited, before, 100).as_millis() as i64;
+        let wake = before.as_millisecond() + poll_after(&poll, &waited, before, 100, None).as_millis() as i64;
         prop_assert_eq!((wake - tick).rem_euclid(floor), 0);
+    }
+}
+
+proptest! {
+    /// Once the tenant's `live` delay is known, nothing is polled before half of it since
+    /// activation, and the first poll after that falls within one fine tick of it, on the
+    /// tenant's clock; from then on the schedule is the one without it.
+    #[test]
+    fn no_poll_before_half_the_tenants_live_delay(
+        start_ms in 1_800_000_000_000i64..1_800_100_000_000,
+        waited_ms in 0i64..200_000,
+        delay_s in 1u64..180,
+        n in 1usize..2000,
+        t in 0u32..1000,
+    ) {
+        let poll = PollPolicy::default().for_tenant(&format!("https://openam-t{t}.id.forgerock.io"));
+        let since = Timestamp::from_millisecond(start_ms).unwrap();
+        let now = Timestamp::from_millisecond(start_ms + waited_ms).unwrap();
+        let delay = Duration::from_secs(delay_s);
+        let wait = poll_after(&poll, &since.to_string(), now, n, Some(delay));
+        let wake = now.as_millisecond() + wait.as_millis() as i64;
+        let quiet_until = start_ms + (delay / 2).as_millis() as i64;
+        let floor = (poll.min / 2).as_millis() as i64;
+        if waited_ms < quiet_until - start_ms {
+            prop_assert!(wake >= quiet_until);
+            prop_assert!(wake < quiet_until + floor);
+            prop_assert_eq!((wake - poll.phase.as_millis() as i64).rem_euclid(floor), 0);
+        } else {
+            prop_assert_eq!(wait, poll_after(&poll, &since.to_string(), now, n, None));
+        }
+    }
+
+    /// The estimate follows a faster tenant at once and a slower one a quarter of the way: it
+    /// stays between the two, and a run of the same delay converges to it.
+    #[test]
+    fn the_live_delay_estimate_falls_at_once_and_rises_slowly(
+        previous in proptest::option::of(0u64..600_000),
+        seen in 0u64..600_000,
+    ) {
+        let previous = previous.map(Duration::from_millis);
+        let seen = Duration::from_millis(seen);
+        let next = next_live_delay(previous, seen);
+        match previous {
+            None => prop_assert_eq!(next, seen),
+            Some(p) if seen <= p => prop_assert_eq!(next, seen),
+            Some(p) => {
+                prop_assert!(next >= p && next <= seen);
+                prop_assert!(next <= p + (seen - p) / 4 + Duration::from_millis(1));
+            }
+        }
+        let mut estimate = previous;
+        for _ in 0..60 {
+            estimate = Some(next_live_delay(estimate, seen));
+        }
+        prop_assert!(estimate.unwrap().abs_diff(seen) <= Duration::from_millis(100));
     }
 }
 
