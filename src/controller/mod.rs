@@ -117,10 +117,17 @@ pub struct Context {
     /// previous process did came before) shows everything the resource did.
     pub tenant_mutations: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub created: std::time::Instant,
-    /// Tenant URL → TenantCertificate uids waiting for `live` there: they share one list, so
-    /// their polls speed up together (see `tenant::plan::poll_after`).
-    pub waiting_live:
-        std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+    /// Tenant URL → TenantCertificate uids waiting for `live` there (`None`), or that stopped
+    /// waiting within the last `poll.max` (when): they share one list, so their polls speed up
+    /// together (see `tenant::plan::poll_after`). One whose certificate just went live still
+    /// counts for a while, so the stragglers of a wave keep the wave's pace instead of slowing
+    /// down just as their peers go live (the last 1 % of 1,000 was seen a tick or two late).
+    pub waiting_live: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            std::collections::HashMap<String, Option<std::time::Instant>>,
+        >,
+    >,
     /// Tenant URL → how long it takes to make a certificate live, as seen here
     /// (`tenant::plan::next_live_delay`): polls of a new certificate start at half of it.
     pub live_delays: std::sync::Mutex<std::collections::HashMap<String, std::time::Duration>>,
@@ -170,7 +177,7 @@ impl Context {
     /// Forgets a TenantCertificate that is gone or going: what this process remembered of it.
     pub fn forget_tenant_certificate(&self, obj: &TenantCertificate) {
         let uid = obj.metadata.uid.as_deref().unwrap_or_default();
-        self.set_waiting_for_live(&obj.spec.tenant.url, uid, false);
+        self.set_waiting_for_live(&obj.spec.tenant.url, uid, false, true);
         self.forget_look(uid);
     }
 
@@ -186,12 +193,19 @@ impl Context {
             .remove(uid);
     }
 
-    /// How many certificates wait for `live` on `tenant`, counting `uid` as one of them.
+    /// How many certificates of `tenant` share its polls now: those waiting for `live`, those
+    /// that stopped within the last `poll.max`, and `uid` itself.
     pub fn waiting_for_live(&self, tenant: &str, uid: &str) -> usize {
+        let now = std::time::Instant::now();
+        let wave = self.options.poll.max;
         let waiting = self.waiting_live.lock().unwrap_or_else(|e| e.into_inner());
-        let others = waiting
-            .get(tenant)
-            .map_or(0, |set| set.len() - usize::from(set.contains(uid)));
+        let others = waiting.get(tenant).map_or(0, |m| {
+            m.iter()
+                .filter(|(u, stopped)| {
+                    u.as_str() != uid && stopped.is_none_or(|t| now.duration_since(t) < wave)
+                })
+                .count()
+        });
         others + 1
     }
 
@@ -208,18 +222,29 @@ impl Context {
         delays.insert(tenant.to_string(), next);
     }
 
-    /// Records whether `uid` waits for `live` on `tenant` (and forgets empty tenants).
-    pub fn set_waiting_for_live(&self, tenant: &str, uid: &str, waiting: bool) {
+    /// Records whether `uid` waits for `live` on `tenant` (`gone`: the resource is deleted, so
+    /// forget it at once), and forgets what is older than a wave.
+    pub fn set_waiting_for_live(&self, tenant: &str, uid: &str, waiting: bool, gone: bool) {
+        let now = std::time::Instant::now();
+        let wave = self.options.poll.max;
         let mut map = self.waiting_live.lock().unwrap_or_else(|e| e.into_inner());
         if waiting {
             map.entry(tenant.to_string())
                 .or_default()
-                .insert(uid.to_string());
-        } else if let Some(set) = map.get_mut(tenant) {
-            set.remove(uid);
-            if set.is_empty() {
-                map.remove(tenant);
-            }
+                .insert(uid.to_string(), None);
+            return;
+        }
+        let Some(m) = map.get_mut(tenant) else {
+            return;
+        };
+        if gone {
+            m.remove(uid);
+        } else if let Some(stopped) = m.get_mut(uid) {
+            stopped.get_or_insert(now);
+        }
+        m.retain(|_, stopped| stopped.is_none_or(|t| now.duration_since(t) < wave));
+        if m.is_empty() {
+            map.remove(tenant);
         }
     }
 
@@ -639,6 +664,47 @@ mod tests {
         assert_eq!(
             outcome_of(&Err(Error::NoNamespace)),
             ReconcileOutcome::Error("no_namespace")
+        );
+    }
+
+    /// The stragglers of a wave keep the wave's pace for `poll.max` after their peers went
+    /// live; a deleted resource stops counting at once.
+    #[tokio::test]
+    async fn a_wave_counts_its_peers_for_a_while_after_they_went_live() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let mut options = Options::default();
+        options.poll.max = Duration::from_millis(200);
+        let ctx = Context::new(client, options, None, Arc::default());
+        let t = "https://openam-acme.id.forgerock.io";
+        for uid in ["a", "b", "c", "d"] {
+            ctx.set_waiting_for_live(t, uid, true, false);
+        }
+        assert_eq!(ctx.waiting_for_live(t, "a"), 4);
+        ctx.set_waiting_for_live(t, "b", false, false);
+        ctx.set_waiting_for_live(t, "c", false, false);
+        assert_eq!(
+            ctx.waiting_for_live(t, "a"),
+            4,
+            "b and c went live just now"
+        );
+        ctx.set_waiting_for_live(t, "d", false, true);
+        assert_eq!(ctx.waiting_for_live(t, "a"), 3, "d is gone");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(ctx.waiting_for_live(t, "a"), 1, "the wave is over");
+        ctx.set_waiting_for_live(t, "a", false, false);
+        assert!(
+            ctx.waiting_live
+                .lock()
+                .unwrap()
+                .get(t)
+                .is_some_and(|m| m.len() == 1)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ctx.set_waiting_for_live(t, "a", false, false);
+        assert!(
+            ctx.waiting_live.lock().unwrap().get(t).is_none(),
+            "nothing kept"
         );
     }
 }

@@ -371,6 +371,7 @@ impl Run<'_> {
                         ..
                     }
                 ),
+                false,
             );
             match step {
                 Step::Wait {
