@@ -259,8 +259,25 @@ fn parse() -> Cli {
     }
 }
 
+/// glibc raises its mmap threshold each time a large block is freed (up to 32 MiB); after that,
+/// the megabyte-sized buffers of tenant lists and watch pages come from the heap and leave it
+/// fragmented. A fixed threshold (glibc's starting 128 KiB, which also fixes the trim threshold)
+/// keeps them in mmap, returned when freed: at 10,000 certificates the peak RSS fell from
+/// 100.5 to 91.9 MiB. The container image is a musl build, whose allocator does not do this.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_malloc_thresholds() {
+    // SAFETY: mallopt only sets allocator parameters; it is called once, before main's work.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_thresholds() {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    fix_malloc_thresholds();
     let cli = parse();
     if let Command::Completion { shell } = cli.command {
         let mut command = Cli::command();
