@@ -304,6 +304,28 @@ async fn device_id_status_shows_the_budget_and_renew_respects_it() {
     assert_eq!(code, 0);
     let spent = didcs.get("spent").await.unwrap();
     assert!(annotation(&spent.metadata, api::RENEW_ANNOTATION).is_some());
+
+    // No token expiry known: the status says why, for either setting of refreshToken.
+    let no_expiry = json!({"status": {"tokenExpiry": null}});
+    didcs
+        .patch_status("fresh", &PatchParams::default(), &Patch::Merge(&no_expiry))
+        .await
+        .unwrap();
+    let (_, out, _) = c.run(&["status", "didc", "fresh", "-n", "deviceid"]).await;
+    assert!(
+        out.contains("Token:    not refreshed by certrotor (spec.refreshToken is false)"),
+        "{out}"
+    );
+    let refresh = json!({"spec": {"refreshToken": true}});
+    didcs
+        .patch("fresh", &PatchParams::default(), &Patch::Merge(&refresh))
+        .await
+        .unwrap();
+    let (_, out, _) = c.run(&["status", "didc", "fresh", "-n", "deviceid"]).await;
+    assert!(
+        out.contains("Token:    expiry unknown (refreshed every spec.tokenRefreshInterval"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,11 +299,14 @@ fn device_id_credential(obj: &DeviceIdCredential, now: Timestamp) -> String {
             relative(next, now)
         }
     );
-    let _ = writeln!(
-        out,
-        "Token:    expires {}",
-        when(s.token_expiry.as_deref(), now)
-    );
+    let token = match (&s.token_expiry, obj.spec.refresh_token) {
+        (Some(expiry), _) => format!("expires {}", when(Some(expiry), now)),
+        (None, true) => {
+            "expiry unknown (refreshed every spec.tokenRefreshInterval, default 24h)".into()
+        }
+        (None, false) => "not refreshed by certrotor (spec.refreshToken is false)".into(),
+    };
+    let _ = writeln!(out, "Token:    {token}");
     if api::is_paused(&obj.metadata) {
         let _ = writeln!(out, "Paused:   yes ({}: \"true\")", api::PAUSED_ANNOTATION);
     }
