@@ -592,3 +592,91 @@ async fn a_leader_that_loses_the_lease_stops_reconciling_until_it_wins_it_back()
     assert!(env.tenant_calls().len() > calls);
     let _ = stop.send(());
 }
+
+/// A frozen leader (SIGSTOP: a long GC pause, a stalled node) wakes up after a standby took
+/// over and rotated a certificate. Whatever its stale caches and queued reconciles still hold,
+/// it must not upload the rotation again, touch the new certificate, or take the lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_wakes_up_after_a_takeover_changes_nothing() {
+    let env = Env::new(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    env.standin.write_kubeconfig(&kubeconfig).unwrap();
+    let signal = |sig: &str, p: &Process| {
+        let ok = Command::new("kill")
+            .args([sig, &p.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    let uploads = |env: &Env| {
+        env.tenant_calls()
+            .iter()
+            .filter(|c| c.as_str() == "POST /environment/certificates")
+            .count()
+    };
+
+    let a = Process::spawn(&kubeconfig, "op-a");
+    wait_until(20, "op-a leads", || async {
+        holder(&env.client).await.as_deref() == Some("op-a")
+    })
+    .await;
+    let b = Process::spawn(&kubeconfig, "op-b");
+    wait_until(20, "op-b ready", || is_200(b.admin, "/readyz")).await;
+    let (chain, key) = env.issue(&["login.example.com"], 90);
+    env.put_tls("login-tls", &chain, &key).await;
+    env.apply(&with_url(
+        &local_yaml("login", "login-tls", "  deletionPolicy: Delete\n"),
+        &env,
+    ))
+    .await;
+    let first = env.wait_ready("login").await.status.unwrap();
+    assert_eq!(uploads(&env), 1);
+
+    // Frozen: op-b takes over once the lease expires, and rotates to a new Secret.
+    signal("-STOP", &a);
+    wait_until(LEASE_SECONDS + 5, "op-b leads", || async {
+        holder(&env.client).await.as_deref() == Some("op-b")
+    })
+    .await;
+    let (chain2, key2) = env.issue(&["login.example.com"], 91);
+    env.put_tls("login-tls", &chain2, &key2).await;
+    let second = env
+        .wait_for("login", 30, "rotated by op-b", |t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.certificate_id != first.certificate_id && s.pending.is_none())
+                && is_ready(t)
+        })
+        .await
+        .status
+        .unwrap();
+    assert_eq!(uploads(&env), 2);
+    let calls = env.tenant_calls().len();
+
+    // op-a wakes with everything it had queued; give it time to act on it.
+    signal("-CONT", &a);
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
+    assert_eq!(uploads(&env), 2, "the rotation was not uploaded again");
+    let after = env.get("login").await;
+    let status = after.status.clone().unwrap();
+    assert_eq!(status.certificate_id, second.certificate_id);
+    assert!(is_ready(&after));
+    let live = env
+        .aic
+        .certificates()
+        .into_iter()
+        .find(|c| Some(&c.id) == second.certificate_id.as_ref())
+        .unwrap();
+    assert!(live.active && live.live && !live.deleted);
+    assert_eq!(holder(&env.client).await.as_deref(), Some("op-b"));
+    let late: Vec<String> = env.tenant_calls()[calls..].to_vec();
+    assert!(
+        late.iter()
+            .all(|c| c.starts_with("GET ") || c.contains("access_token")),
+        "op-a (or anyone) changed the tenant after waking: {late:?}"
+    );
+    a.kill9();
+    b.kill9();
+}
