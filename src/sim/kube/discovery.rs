@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::resources::ResourceInfo;
-use super::server::App;
 
 const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -39,19 +38,37 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Answers a discovery path, or `None` when `path` is not one.
-pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<Response> {
-    let path = path.trim_end_matches('/');
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let state = app.state.read().await;
-    let resources: Vec<Arc<ResourceInfo>> = state.resources().cloned().collect();
-    drop(state);
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/')
+        .collect()
+}
+
+/// The path is one [`answer`] may answer (the resources served are only read for those).
+pub fn is_discovery_path(path: &str) -> bool {
+    matches!(
+        segments(path).as_slice(),
+        ["version" | "healthz" | "readyz" | "livez" | "api" | "apis"]
+            | ["api" | "apis", _]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    )
+}
+
+/// Answers a discovery path from the `resources` served, or `None` when `path` is not one.
+pub fn answer(
+    resources: &[Arc<ResourceInfo>],
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let segs = segments(path);
     let aggregated = wants_aggregated(headers);
     Some(match segs.as_slice() {
         ["version"] => json(&version(), "application/json"),
         ["healthz"] | ["readyz"] | ["livez"] => (StatusCode::OK, "ok").into_response(),
-        ["api"] if aggregated => json(&aggregated_list(&resources, true), AGGREGATED_V2),
-        ["apis"] if aggregated => json(&aggregated_list(&resources, false), AGGREGATED_V2),
+        ["api"] if aggregated => json(&aggregated_list(resources, true), AGGREGATED_V2),
+        ["apis"] if aggregated => json(&aggregated_list(resources, false), AGGREGATED_V2),
         ["api"] => json(
             &json!({
                 "kind": "APIVersions",
@@ -64,7 +81,7 @@ pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<R
             &json!({
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": groups(&resources)
+                "groups": groups(resources)
                     .into_iter()
                     .filter(|(g, _)| !g.is_empty())
                     .map(|(g, vs)| api_group(&g, &vs))
@@ -72,22 +89,22 @@ pub async fn answer(app: &Arc<App>, path: &str, headers: &HeaderMap) -> Option<R
             }),
             "application/json",
         ),
-        ["api", version] => json(&resource_list(&resources, "", version)?, "application/json"),
+        ["api", version] => json(&resource_list(resources, "", version)?, "application/json"),
         ["apis", group] => {
-            let versions = groups(&resources).remove(*group)?;
+            let versions = groups(resources).remove(*group)?;
             json(&api_group(group, &versions), "application/json")
         }
         ["apis", group, version] => json(
-            &resource_list(&resources, group, version)?,
+            &resource_list(resources, group, version)?,
             "application/json",
         ),
-        ["openapi", "v3"] => json(&openapi_index(&resources), "application/json"),
+        ["openapi", "v3"] => json(&openapi_index(resources), "application/json"),
         ["openapi", "v3", "api", version] => json(
-            &openapi_group_version(&resources, "", version)?,
+            &openapi_group_version(resources, "", version)?,
             "application/json",
         ),
         ["openapi", "v3", "apis", group, version] => json(
-            &openapi_group_version(&resources, group, version)?,
+            &openapi_group_version(resources, group, version)?,
             "application/json",
         ),
         _ => return None,
@@ -320,6 +337,31 @@ mod tests {
 
     fn all() -> Vec<Arc<ResourceInfo>> {
         builtins().into_iter().map(Arc::new).collect()
+    }
+
+    #[test]
+    fn discovery_paths_are_told_from_resource_paths() {
+        for path in [
+            "/version",
+            "/healthz",
+            "/api",
+            "/apis/",
+            "/api/v1",
+            "/apis/certrotor.io",
+            "/apis/certrotor.io/v1alpha1",
+            "/openapi/v3",
+            "/openapi/v3/apis/apps/v1",
+        ] {
+            assert!(is_discovery_path(path), "{path}");
+        }
+        for path in [
+            "/api/v1/secrets",
+            "/api/v1/namespaces/default/secrets",
+            "/apis/certrotor.io/v1alpha1/tenantcertificates",
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
+        ] {
+            assert!(!is_discovery_path(path), "{path}");
+        }
     }
 
     #[test]

@@ -176,11 +176,12 @@ pub async fn handle(
     let query: HashMap<String, String> = Query::try_from_uri(&uri)
         .map(|Query(q)| q)
         .unwrap_or_default();
-    if method == Method::GET
-        && let Some(resp) = discovery::answer(&app, path, &headers).await
-    {
-        app.count(Verb::Discovery, "");
-        return resp;
+    if method == Method::GET && discovery::is_discovery_path(path) {
+        let resources: Vec<_> = app.state.read().await.resources().cloned().collect();
+        if let Some(resp) = discovery::answer(&resources, path, &headers) {
+            app.count(Verb::Discovery, "");
+            return resp;
+        }
     }
     let Some(target) = parse_target(path) else {
         return ApiError::path_not_found().into_response();
