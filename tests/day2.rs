@@ -311,21 +311,24 @@ async fn device_id_status_shows_the_budget_and_renew_respects_it() {
         .patch_status("fresh", &PatchParams::default(), &Patch::Merge(&no_expiry))
         .await
         .unwrap();
-    let (_, out, _) = c.run(&["status", "didc", "fresh", "-n", "deviceid"]).await;
-    assert!(
-        out.contains("Token:    not refreshed by certrotor (spec.refreshToken is false)"),
-        "{out}"
-    );
-    let refresh = json!({"spec": {"refreshToken": true}});
-    didcs
-        .patch("fresh", &PatchParams::default(), &Patch::Merge(&refresh))
-        .await
-        .unwrap();
-    let (_, out, _) = c.run(&["status", "didc", "fresh", "-n", "deviceid"]).await;
-    assert!(
-        out.contains("Token:    expiry unknown (refreshed every spec.tokenRefreshInterval"),
-        "{out}"
-    );
+    for (refresh_token, want) in [
+        (
+            false,
+            "Token:    not refreshed by certrotor (spec.refreshToken is false)",
+        ),
+        (
+            true,
+            "Token:    expiry unknown (refreshed every spec.tokenRefreshInterval",
+        ),
+    ] {
+        let spec = json!({"spec": {"refreshToken": refresh_token}});
+        didcs
+            .patch("fresh", &PatchParams::default(), &Patch::Merge(&spec))
+            .await
+            .unwrap();
+        let (_, out, _) = c.run(&["status", "didc", "fresh", "-n", "deviceid"]).await;
+        assert!(out.contains(want), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,11 +85,19 @@ impl Process {
         self.child.wait().unwrap();
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, `-TERM`, …) with kill(1).
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
     /// SIGTERM; the exit status once it has stopped.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -133,6 +141,14 @@ where
     }
 }
 
+/// Waits until `who` holds the lease.
+async fn wait_for_leader(client: &kube::Client, who: &str, secs: u64) {
+    wait_until(secs, &format!("{who} leads"), || async {
+        holder(client).await.as_deref() == Some(who)
+    })
+    .await;
+}
+
 async fn holder(client: &kube::Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     leases
@@ -162,10 +178,7 @@ async fn only_the_leader_reconciles_a_standby_takes_over_and_sigterm_exits_0() {
     env.standin.write_kubeconfig(&kubeconfig).unwrap();
 
     let a = Process::spawn(&kubeconfig, "op-a");
-    wait_until(20, "op-a leads", || async {
-        holder(&env.client).await.as_deref() == Some("op-a")
-    })
-    .await;
+    wait_for_leader(&env.client, "op-a", 20).await;
     wait_until(20, "op-a ready", || is_200(a.admin, "/readyz")).await;
     let b = Process::spawn(&kubeconfig, "op-b");
     // A standby is ready as soon as it watches the lease.
@@ -197,10 +210,7 @@ async fn only_the_leader_reconciles_a_standby_takes_over_and_sigterm_exits_0() {
     // The leader dies without releasing the lease: the standby takes over once it expires.
     a.kill9();
     let killed = Instant::now();
-    wait_until(LEASE_SECONDS + 5, "op-b leads", || async {
-        holder(&env.client).await.as_deref() == Some("op-b")
-    })
-    .await;
+    wait_for_leader(&env.client, "op-b", LEASE_SECONDS + 5).await;
     let takeover = killed.elapsed();
     // The lease expires at most LEASE_SECONDS after the last renewal; kube-lease-manager then
     // waits up to 1 s at random before taking it (to avoid colliding with other standbys).
@@ -577,10 +587,7 @@ async fn a_leader_that_loses_the_lease_stops_reconciling_until_it_wins_it_back()
 
     // The intruder lets go: op-a takes the lease back and acts on what it missed.
     set_holder(&env.client, None).await;
-    wait_until(LEASE_SECONDS + 3, "op-a leads again", || async {
-        holder(&env.client).await.as_deref() == Some("op-a")
-    })
-    .await;
+    wait_for_leader(&env.client, "op-a", LEASE_SECONDS + 3).await;
     env.wait_for("login", 30, "renewed after winning the lease back", |t| {
         t.status
             .as_ref()
@@ -602,14 +609,6 @@ async fn a_frozen_leader_that_wakes_up_after_a_takeover_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     env.standin.write_kubeconfig(&kubeconfig).unwrap();
-    let signal = |sig: &str, p: &Process| {
-        let ok = Command::new("kill")
-            .args([sig, &p.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
     let uploads = |env: &Env| {
         env.tenant_calls()
             .iter()
@@ -618,10 +617,7 @@ async fn a_frozen_leader_that_wakes_up_after_a_takeover_changes_nothing() {
     };
 
     let a = Process::spawn(&kubeconfig, "op-a");
-    wait_until(20, "op-a leads", || async {
-        holder(&env.client).await.as_deref() == Some("op-a")
-    })
-    .await;
+    wait_for_leader(&env.client, "op-a", 20).await;
     let b = Process::spawn(&kubeconfig, "op-b");
     wait_until(20, "op-b ready", || is_200(b.admin, "/readyz")).await;
     let (chain, key) = env.issue(&["login.example.com"], 90);
@@ -635,11 +631,8 @@ async fn a_frozen_leader_that_wakes_up_after_a_takeover_changes_nothing() {
     assert_eq!(uploads(&env), 1);
 
     // Frozen: op-b takes over once the lease expires, and rotates to a new Secret.
-    signal("-STOP", &a);
-    wait_until(LEASE_SECONDS + 5, "op-b leads", || async {
-        holder(&env.client).await.as_deref() == Some("op-b")
-    })
-    .await;
+    a.signal("-STOP");
+    wait_for_leader(&env.client, "op-b", LEASE_SECONDS + 5).await;
     let (chain2, key2) = env.issue(&["login.example.com"], 91);
     env.put_tls("login-tls", &chain2, &key2).await;
     let second = env
@@ -656,7 +649,7 @@ async fn a_frozen_leader_that_wakes_up_after_a_takeover_changes_nothing() {
     let calls = env.tenant_calls().len();
 
     // op-a wakes with everything it had queued; give it time to act on it.
-    signal("-CONT", &a);
+    a.signal("-CONT");
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
     assert_eq!(uploads(&env), 2, "the rotation was not uploaded again");
     let after = env.get("login").await;

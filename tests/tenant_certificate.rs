@@ -468,8 +468,8 @@ async fn delete_with_retain_leaves_the_certificate_live() {
 }
 
 /// Retain has nothing to clean up: no finalizer, so deleting never waits on certrotor (here it
-/// is stopped). A policy that cleans up gets the finalizer before anything else happens, and
-/// loses it again when the policy goes back to Retain.
+/// is stopped). A policy that cleans up gets the finalizer, and loses it again when the policy
+/// goes back to Retain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_policy_that_cleans_up_holds_a_finalizer() {
     let mut env = Env::start(sim_config()).await;

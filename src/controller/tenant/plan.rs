@@ -104,6 +104,16 @@ impl PollPolicy {
         }
     }
 
+    /// The finest tick of the shared clock (`min / 2`, at least 1 ms): fleets poll on it, and
+    /// tenants' phases fall within it.
+    pub fn tick(&self) -> Duration {
+        (self.min / 2).max(Duration::from_millis(1))
+    }
+
+    fn tick_ms(&self) -> i64 {
+        self.tick().as_millis().min(i64::MAX as u128) as i64
+    }
+
     /// [`aligned`] on this tenant's ticks.
     pub fn wake(&self, interval: Duration, base: Duration, now: Timestamp) -> Duration {
         aligned(interval, base, now, self.phase)
@@ -112,9 +122,8 @@ impl PollPolicy {
     /// Until the first of this tenant's finest ticks (every `min / 2`) at or after `at_ms`
     /// (milliseconds since the epoch); at least 1 ms.
     pub fn wake_at(&self, at_ms: i64, now: Timestamp) -> Duration {
-        let floor = (self.min / 2).as_millis().clamp(1, i64::MAX as u128) as i64;
         let phase = self.phase.as_millis().min(i64::MAX as u128) as i64;
-        let tick = at_ms + (phase - at_ms).rem_euclid(floor);
+        let tick = at_ms + (phase - at_ms).rem_euclid(self.tick_ms());
         Duration::from_millis((tick - now.as_millisecond()).max(1) as u64)
     }
 }
@@ -125,11 +134,11 @@ impl PollPolicy {
 /// one burst per tick (the last of 1,000 certificates over 10 tenants waited for the 999 before
 /// it), and no tenant sees every operator's polls at the same instant.
 pub fn tenant_phase(tenant: &str, poll: &PollPolicy) -> Duration {
-    let floor_ms = (poll.min / 2).as_millis().clamp(1, u64::MAX as u128) as u64;
+    let tick_ms = poll.tick_ms() as u64;
     let hash = tenant.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    Duration::from_millis(hash % floor_ms)
+    Duration::from_millis(hash % tick_ms)
 }
 
 impl Default for PollPolicy {
@@ -932,7 +941,7 @@ pub fn poll_after(
     if waiting <= 1 {
         return poll.wake(single, poll.min, now);
     }
-    let floor = (poll.min / 2).max(Duration::from_millis(1));
+    let floor = poll.tick();
     let shared = single.div_f64((waiting as f64).sqrt()).max(floor);
     poll.wake(shared, floor, now)
 }
@@ -954,9 +963,8 @@ pub fn next_live_delay(previous: Option<Duration>, seen: Duration) -> Duration {
 /// (A fixed tolerance of `min` let a poll reuse the previous tick's list: a certificate that
 /// went live in between was seen a tick or two late.)
 pub fn live_list_tolerance(poll: &PollPolicy, now: Timestamp) -> Duration {
-    let floor_ms = (poll.min / 2).as_millis().clamp(1, i64::MAX as u128) as i64;
     let clock = now.as_millisecond() - poll.phase.as_millis() as i64;
-    Duration::from_millis(clock.rem_euclid(floor_ms) as u64)
+    Duration::from_millis(clock.rem_euclid(poll.tick_ms()) as u64)
 }
 
 /// Waits about `interval`, ending on a tick of a clock every resource shares: the interval is
